@@ -1,0 +1,1 @@
+"""Curation stages (engine-free): crawl, hashes, dedup, embed, index, retrieval, seeds."""

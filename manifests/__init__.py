@@ -1,0 +1,1 @@
+"""The contract between stages: Arrow schemas, sharded Parquet IO and image-shard IO."""

@@ -1,0 +1,126 @@
+"""WebDataset-style image shards: a tar of ``KEY.jpg`` + ``KEY.json`` pairs.
+
+Plain ``tarfile`` and the ``webdataset`` library both read them. The writer commits the
+whole tar atomically; :class:`ImageShardReader` indexes member offsets once so single
+images can be read without scanning the archive.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from manifests.atomic import commit, temporary_path
+from manifests.errors import ManifestError
+
+
+def tar_shard_path(root: str | os.PathLike, index: int) -> Path:
+    return Path(root) / f"{index:05d}.tar"
+
+
+class ImageShardWriter:
+    """Write samples to ``path``; the tar appears under its final name only on :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._tmp = temporary_path(self.path)
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self.count = 0
+
+    def add(self, key: str, image: bytes, meta: dict[str, Any], ext: str = "jpg") -> None:
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        self._add_member(f"{key}.{ext}", image)
+        self._add_member(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+        self.count += 1
+
+    def _add_member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self._tar.close()
+        commit(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._tar.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ImageShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def iter_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield ``(key, {ext: bytes})`` in file order, grouping consecutive members by key."""
+    key, sample = None, {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, _, ext = member.name.partition(".")
+                if k != key and sample:
+                    yield key, sample
+                    sample = {}
+                key = k
+                sample[ext] = tar.extractfile(member).read()
+    except tarfile.TarError as exc:
+        raise ManifestError(f"{path}: not a readable tar shard ({exc})") from exc
+    if sample:
+        yield key, sample
+
+
+class ImageShardReader:
+    """Random access to the members of one tar shard by key and extension."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._index: dict[str, tuple[int, int]] = {}
+        try:
+            with tarfile.open(self.path, "r:") as tar:
+                for m in tar:
+                    if m.isfile():
+                        self._index[m.name] = (m.offset_data, m.size)
+        except (OSError, tarfile.TarError) as exc:
+            raise ManifestError(f"{self.path}: not a readable tar shard ({exc})") from exc
+        self._file: io.BufferedReader | None = None
+
+    def keys(self) -> list[str]:
+        return sorted({name.partition(".")[0] for name in self._index})
+
+    def read(self, key: str, ext: str = "jpg") -> bytes:
+        name = f"{key}.{ext}"
+        if name not in self._index:
+            raise KeyError(f"{self.path}: no member {name}")
+        offset, size = self._index[name]
+        if self._file is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for repeated reads
+        self._file.seek(offset)
+        return self._file.read(size)
+
+    def meta(self, key: str) -> dict[str, Any]:
+        return json.loads(self.read(key, "json"))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ImageShardReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,120 @@
+"""Sharded Parquet manifests: atomic shard commits, resume listing, validated reads."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from manifests.atomic import atomic_path, remove_temporaries
+from manifests.errors import ManifestError, SchemaMismatchError
+from manifests.schemas import SCHEMA_KEY, ManifestSchema
+
+_SHARD_RE = re.compile(r"^(\d{5,})\.parquet$")
+
+
+def shard_stem(index: int) -> str:
+    return f"{index:05d}"
+
+
+def validate_schema(found: pa.Schema, expected: ManifestSchema, path: str | os.PathLike) -> None:
+    """Raise :class:`SchemaMismatchError` naming ``path`` and the first bad column.
+
+    Extra columns are allowed (later stages may add some); missing columns, wrong types
+    and a different schema tag are not.
+    """
+    for field in expected.arrow:
+        idx = found.get_field_index(field.name)
+        if idx < 0:
+            raise SchemaMismatchError(str(path), field.name, f"a {field.type} column", "none")
+        got = found.field(idx).type
+        if not got.equals(field.type):
+            raise SchemaMismatchError(str(path), field.name, str(field.type), str(got))
+    tag = (found.metadata or {}).get(SCHEMA_KEY)
+    if tag is not None and tag.decode() != expected.tag:
+        raise SchemaMismatchError(str(path), "<schema>", expected.tag, tag.decode())
+
+
+class ShardedParquet:
+    """A directory of ``NNNNN.parquet`` shards under one schema.
+
+    A shard exists under its final name only once it is complete, so :meth:`complete`
+    is the resume list.
+    """
+
+    def __init__(self, root: str | os.PathLike, schema: ManifestSchema) -> None:
+        self.root = Path(root)
+        self.schema = schema
+
+    def path(self, index: int) -> Path:
+        return self.root / f"{shard_stem(index)}.parquet"
+
+    def complete(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        found = (_SHARD_RE.match(p.name) for p in self.root.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def remove_partial(self) -> int:
+        return remove_temporaries(self.root)
+
+    def write(self, index: int, table: pa.Table, config: dict[str, Any] | None = None) -> Path:
+        """Validate ``table`` and commit it atomically as shard ``index``."""
+        path = self.path(index)
+        table = table.select(self.schema.names).cast(self.schema.with_metadata(config))
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        return path
+
+    def read_shard(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        return read_parquet(self.path(index), self.schema, columns)
+
+    def iter_shards(self, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+        for index in self.complete():
+            yield index, self.read_shard(index, columns)
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        tables = [t for _, t in self.iter_shards(columns)]
+        if not tables:
+            return self.schema.arrow.empty_table().select(columns or self.schema.names)
+        return pa.concat_tables(tables)
+
+
+def read_parquet(
+    path: str | os.PathLike, schema: ManifestSchema, columns: list[str] | None = None
+) -> pa.Table:
+    """Read one Parquet file, validating it against ``schema`` first."""
+    try:
+        found = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ManifestError(f"{path}: not a readable Parquet file ({exc})") from exc
+    validate_schema(found, schema, path)
+    return pq.read_table(path, columns=columns)
+
+
+def manifest_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and directories into the sorted list of Parquet files they hold."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.glob("*.parquet") if _SHARD_RE.match(q.name)))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ManifestError(f"{p}: no such manifest file or directory")
+    return out
+
+
+def read_manifest(
+    paths: Iterable[str | os.PathLike], schema: ManifestSchema, columns: list[str] | None = None
+) -> pa.Table:
+    """Read and concatenate manifests given as files or shard directories."""
+    files = manifest_files(paths)
+    if not files:
+        return schema.arrow.empty_table().select(columns or schema.names)
+    return pa.concat_tables([read_parquet(f, schema, columns) for f in files])

@@ -1,0 +1,68 @@
+"""Versioned Arrow schemas of the manifests that stages exchange.
+
+Each schema carries its name and version in the Arrow metadata (``lvd.schema``), so a
+reader can tell which contract a file was written under without our code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_KEY = b"lvd.schema"
+CONFIG_KEY = b"lvd.config"
+
+
+@dataclass(frozen=True)
+class ManifestSchema:
+    """An Arrow schema with a name and a version, e.g. ``pool/1``."""
+
+    name: str
+    version: int
+    arrow: pa.Schema
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    def with_metadata(self, config: dict[str, Any] | None = None) -> pa.Schema:
+        """The Arrow schema stamped with this tag and, optionally, the producing config."""
+        meta = {SCHEMA_KEY: self.tag.encode()}
+        if config is not None:
+            meta[CONFIG_KEY] = json.dumps(config, sort_keys=True, default=str).encode()
+        return self.arrow.with_metadata(meta)
+
+    @property
+    def names(self) -> list[str]:
+        return self.arrow.names
+
+
+POOL = ManifestSchema(
+    name="pool",
+    version=1,
+    arrow=pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("url", pa.string(), nullable=False),
+            pa.field("page_url", pa.string()),
+            pa.field("status", pa.string(), nullable=False),  # "ok" or "error"
+            pa.field("error_code", pa.string()),  # curation.crawl.errors.ErrorCode
+            pa.field("error_message", pa.string()),
+            pa.field("http_status", pa.int16()),
+            pa.field("bytes", pa.int64()),  # size of the stored image bytes
+            pa.field("original_width", pa.int32()),
+            pa.field("original_height", pa.int32()),
+            pa.field("width", pa.int32()),  # of the stored image
+            pa.field("height", pa.int32()),
+            pa.field("sha256", pa.string()),  # of the stored image bytes
+            pa.field("shard", pa.int32(), nullable=False),
+            pa.field("key", pa.string()),  # sample key inside the tar shard (ok rows)
+            pa.field("fetch_time", pa.timestamp("ms", tz="UTC")),
+        ]
+    ),
+)
+
+SCHEMAS: dict[str, ManifestSchema] = {s.name: s for s in (POOL,)}

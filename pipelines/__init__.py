@@ -1,0 +1,1 @@
+"""Wiring and execution: one CLI per stage, build_lvd for the whole DAG, and the engines."""

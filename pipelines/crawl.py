@@ -1,0 +1,133 @@
+"""CLI: ``python -m pipelines.crawl --urls PATH... --out DIR [options]``.
+
+Options not given as flags are set with ``--config FILE.yaml`` or ``--set key=value``
+(keys as in :class:`curation.crawl.config.CrawlConfig`, e.g. ``fetch.max_retries=3``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from curation.crawl.config import CrawlConfig
+from curation.crawl.crawler import CrawlSummary, ResumeMismatchError, run_crawl
+from curation.crawl.inputs import InputError
+from pipelines.config import ConfigError, load_config
+
+# flag -> config key; each flag is a shorthand for --set KEY=VALUE
+_FLAG_KEYS = {
+    "shard_size": "shard_size",
+    "processes": "processes",
+    "url_column": "url_column",
+    "concurrency": "fetch.concurrency",
+    "per_host_concurrency": "fetch.per_host_concurrency",
+    "timeout": "fetch.total_timeout_s",
+    "max_retries": "fetch.max_retries",
+    "domain_blocklist": "fetch.domain_blocklist",
+    "user_agent_token": "fetch.user_agent_token",
+    "max_side": "process.max_side",
+    "min_side": "process.min_side",
+    "max_aspect_ratio": "process.max_aspect_ratio",
+    "jpeg_quality": "process.jpeg_quality",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.crawl", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--urls",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="URL lists (.txt .csv .tsv .jsonl .parquet), .html pages, .warc[.gz]",
+    )
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--config", metavar="YAML", help="a CrawlConfig YAML file")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. fetch.max_bytes=1000000",
+    )
+    p.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        help="allow private, loopback and link-local addresses (unsafe on the web)",
+    )
+    p.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="allow one non-public network, e.g. 127.0.0.0/8 (repeatable)",
+    )
+    p.add_argument(
+        "--ignore-robots-directives",
+        action="store_true",
+        help="download despite X-Robots-Tag noai/noimageai/noindex/noimageindex",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    for flag, key in _FLAG_KEYS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, metavar="V", help=f"= {key}")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> CrawlConfig:
+    overrides = [
+        f"{key}={getattr(args, flag)}"
+        for flag, key in _FLAG_KEYS.items()
+        if getattr(args, flag) is not None
+    ]
+    if args.allow_private_networks:
+        overrides.append("fetch.allow_private_networks=true")
+    if args.allow_network:
+        overrides.append(f"fetch.allowed_networks=[{','.join(args.allow_network)}]")
+    if args.ignore_robots_directives:
+        overrides.append("fetch.disallowed_robots_directives=[]")
+    return load_config(CrawlConfig, args.config, overrides + args.set)
+
+
+def format_summary(s: CrawlSummary) -> str:
+    errors = sum(s.error_codes.values())
+    lines = [
+        f"crawl of {s.urls} URLs -> {s.out_dir}",
+        f"  inputs: {s.input_records} records, {s.duplicates_removed} duplicates removed, "
+        f"{len(s.input_problems)} unusable rows",
+        f"  shards: {s.shards_total} ({s.shards_skipped} already complete)",
+        f"  ok:     {s.ok} ({100 * s.ok / max(s.urls, 1):.1f}%)",
+        f"  error:  {errors}",
+    ]
+    lines += [
+        f"    {code:<24} {n}" for code, n in sorted(s.error_codes.items(), key=lambda x: -x[1])
+    ]
+    lines.append(
+        f"  this run: {s.urls_this_run} URLs in {s.elapsed_s:.1f}s ({s.urls_per_s:.1f} URLs/s)"
+    )
+    lines.append(
+        f"  manifest: {s.out_dir}/manifest/pool  images: {s.out_dir}/shards  "
+        f"stats: {s.out_dir}/stats.json"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+        summary = run_crawl(args.urls, args.out, config, progress=not args.no_progress)
+    except (ConfigError, InputError, ResumeMismatchError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,8 @@ import asyncio
 import multiprocessing
 import socket
 import threading
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class LoopbackWeb:
     def __init__(self, routes: dict[str, Route] | None = None) -> None:
         self.routes: dict[str, Route] = dict(routes or {})
         self.hits: Counter[str] = Counter()
+        self.hit_times: defaultdict[str, list[float]] = defaultdict(list)  # time.monotonic()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -52,8 +54,9 @@ class LoopbackWeb:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path_qs
-        route = self.routes.get(path)
+        route = self.routes.get(path) or self.routes.get(request.path)
         self.hits[path] += 1
+        self.hit_times[path].append(time.monotonic())
         if route is None:
             return web.Response(status=404, text="not found")
         if route.delay_s:

@@ -19,8 +19,8 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
 from curation.crawl.errors import CrawlError, ErrorCode
+from curation.crawl.urls import IPAddress, parse_ip_literal
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # IPv6 prefixes that embed an IPv4 address a packet may end up at.
@@ -47,25 +47,6 @@ def is_public(ip: IPAddress) -> bool:
         if inner is not None:
             return is_public(inner)
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
-
-
-def parse_ip_literal(host: str) -> IPAddress | None:
-    """The address a host string denotes by itself, or None if it is a name.
-
-    Accepts what C resolvers accept: dotted quads, bracketed IPv6, and the legacy
-    ``inet_aton`` forms (``2130706433``, ``0x7f.1``, ``0177.0.0.1``).
-    """
-    text = host.strip("[]")
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        pass
-    if text and all(c in "0123456789abcdefABCDEFxX." for c in text):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(text))
-        except OSError:
-            return None
-    return None
 
 
 @dataclass
@@ -124,7 +105,7 @@ class DomainBlocklist:
 
 
 class GuardedResolver(AbstractResolver):
-    """A resolver that refuses answers the policy does not permit.
+    """A resolver that returns only the answers the policy permits, and fails if none is.
 
     The HTTP client connects only to addresses this resolver returned, so the check
     holds at connection time, also against DNS rebinding.
@@ -144,9 +125,10 @@ class GuardedResolver(AbstractResolver):
             answers = await self._inner.resolve(host, port, family)
         except OSError as exc:
             raise CrawlError(ErrorCode.DNS, f"{host} did not resolve ({exc})") from exc
-        for answer in answers:
-            self._policy.check(ipaddress.ip_address(answer["host"]), host)
-        return answers
+        allowed = [a for a in answers if self._policy.permits(ipaddress.ip_address(a["host"]))]
+        if not allowed:
+            self._policy.check(ipaddress.ip_address(answers[0]["host"]), host)
+        return allowed
 
     async def close(self) -> None:
         await self._inner.close()

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import socket
 
 from yarl import URL
 
 from curation.crawl.errors import CrawlError, ErrorCode
 
 ALLOWED_SCHEMES = ("http", "https")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_ip_literal(host: str) -> IPAddress | None:
+    """The address a host string denotes by itself, or None if it is a name.
+
+    Accepts what C resolvers accept: dotted quads, bracketed IPv6, and the legacy
+    ``inet_aton`` forms (``2130706433``, ``0x7f.1``, ``0177.0.0.1``).
+    """
+    text = host.strip("[]")
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    if text and all(c in "0123456789abcdefABCDEFxX." for c in text):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(text))
+        except OSError:
+            return None
+    return None
 
 
 def normalize_url(raw: str, base: str | None = None) -> str:
@@ -30,7 +53,7 @@ def normalize_url(raw: str, base: str | None = None) -> str:
             raise CrawlError(ErrorCode.UNSUPPORTED_SCHEME, f"scheme {scheme!r} in {text!r}")
         if not url.raw_host:
             raise CrawlError(ErrorCode.INVALID_URL, f"no host in {text!r}")
-        url = url.with_scheme(scheme).with_host(url.host.lower()).with_fragment(None)
+        url = url.with_scheme(scheme).with_host(_canonical_host(url.raw_host)).with_fragment(None)
         text = str(url)
         bare_root = url.raw_path in ("", "/") and not url.raw_query_string
         return text + "/" if bare_root and not text.endswith("/") else text
@@ -38,6 +61,12 @@ def normalize_url(raw: str, base: str | None = None) -> str:
         raise
     except (ValueError, TypeError, UnicodeError) as exc:
         raise CrawlError(ErrorCode.INVALID_URL, f"cannot parse {text!r}: {exc}") from exc
+
+
+def _canonical_host(host: str) -> str:
+    """Lower-case host; legacy numeric IPv4 (``2130706433``) as a dotted quad, as browsers do."""
+    ip = parse_ip_literal(host)
+    return str(ip) if isinstance(ip, ipaddress.IPv4Address) else host.lower()
 
 
 def url_id(normalized_url: str) -> str:

@@ -10,6 +10,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from curation.crawl.config import CrawlConfig
+
 
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny, valid-looking PNG whose header declares ``width`` x ``height`` pixels."""

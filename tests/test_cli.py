@@ -1,0 +1,83 @@
+"""The crawl CLI, its config handling, and the embedded demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.compute as pc
+import pytest
+
+from curation.crawl.config import CrawlConfig
+from manifests.parquet_io import read_manifest
+from manifests.schemas import POOL
+from pipelines import crawl as cli
+from pipelines.config import ConfigError, load_config
+from pipelines.demo import run_demo
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("shard_size: 500\nfetch:\n  max_retries: 5\n  allowed_networks: [10.0.0.0/8]\n")
+    config = load_config(CrawlConfig, path, ["process.max_side=256", "fetch.total_timeout_s=3"])
+    assert config.shard_size == 500 and config.fetch.max_retries == 5
+    assert config.fetch.allowed_networks == ["10.0.0.0/8"]
+    assert config.process.max_side == 256 and config.fetch.total_timeout_s == 3.0
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("shard_sise: 5\n", [], r"unknown key\(s\) \['shard_sise'\]"),
+        ("fetch:\n  max_retries: many\n", [], "fetch.max_retries: expected int, found 'many'"),
+        ("fetch: [1, 2]\n", [], "fetch: expected a mapping"),
+        ("", ["process.max_side"], "expected key=value"),
+        ("shard_size: [\n", [], "not valid YAML"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, text, overrides, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(CrawlConfig, path, overrides)
+
+
+def test_flags_map_to_config():
+    args = cli.build_parser().parse_args(
+        ["--urls", "u.txt", "--out", "o", "--allow-network", "127.0.0.0/8", "--allow-network",
+         "10.0.0.0/8", "--max-side", "256", "--ignore-robots-directives", "--set", "shard_size=7"]
+    )  # fmt: skip
+    config = cli.config_from_args(args)
+    assert config.fetch.allowed_networks == ["127.0.0.0/8", "10.0.0.0/8"]
+    assert config.process.max_side == 256 and config.shard_size == 7
+    assert config.fetch.disallowed_robots_directives == []
+    assert not config.fetch.allow_private_networks
+
+
+def test_cli_reports_bad_input_clearly(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.crawl", "--urls", str(tmp_path / "none.txt"),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"error: {tmp_path / 'none.txt'}: no such input file" in proc.stderr
+
+
+def test_demo_crawls_its_loopback_web(tmp_path):
+    summary = run_demo(tmp_path / "demo", progress=False)
+    table = read_manifest([tmp_path / "demo" / "crawl" / "manifest" / "pool"], POOL)
+    assert table.num_rows == summary.urls == 66
+    assert summary.duplicates_removed > 0  # every page repeats the logo
+    assert summary.ok == 60
+    assert summary.error_codes == {
+        "decode_error": 1, "http_4xx": 1, "http_5xx": 1, "not_image": 1,
+        "robots_directive": 1, "too_small": 1,
+    }  # fmt: skip
+    sha = table.filter(pc.equal(table.column("status"), "ok")).column("sha256").to_pylist()
+    assert len(sha) - len(set(sha)) == 6  # the mirrored images are exact duplicates
+    assert table.column("page_url").null_count == 0
+
+
+def test_shipped_default_yaml_matches_the_dataclass_defaults():
+    assert load_config(CrawlConfig, "configs/crawl/default.yaml") == CrawlConfig()

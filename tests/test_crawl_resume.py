@@ -36,7 +36,7 @@ def _crawl_cmd(urls: Path, out: Path) -> list[str]:
     return [
         sys.executable, "-m", "pipelines.crawl", "--urls", str(urls), "--out", str(out),
         "--allow-network", "127.0.0.0/8", "--shard-size", str(SHARD), "--processes", "1",
-        "--concurrency", "4", "--no-progress", "--set", "max_open_shards=2",
+        "--concurrency", "4", "--no-progress",
     ]  # fmt: skip
 
 

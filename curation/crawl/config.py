@@ -11,8 +11,8 @@ from curation.crawl.robots import DEFAULT_DISALLOWED
 class FetchConfig:
     user_agent_token: str = "lvd-builder"
     user_agent: str = "Mozilla/5.0 (compatible; lvd-builder/0.1; image dataset research crawler)"
-    concurrency: int = 256  # requests in flight, all hosts together
-    per_host_concurrency: int = 16
+    concurrency: int = 256  # requests in flight, all hosts together (split over processes)
+    per_host_concurrency: int = 16  # (split over processes)
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 10.0  # longest silence between two reads
     total_timeout_s: float = 30.0  # one attempt, redirects and body included
@@ -42,5 +42,5 @@ class CrawlConfig:
     process: ProcessConfig = field(default_factory=ProcessConfig)
     url_column: str = "url"  # for csv, tsv, jsonl and parquet inputs
     shard_size: int = 10_000  # URLs per output shard
-    processes: int = 0  # decode/resize worker processes; 0 = one per core
-    max_open_shards: int = 3  # shards downloading at once (bounds memory)
+    processes: int = 0  # shards crawled at once, one worker process each; 0 = one per core
+    threads_per_process: int = 2  # decode/resize threads beside each worker's event loop

@@ -1,8 +1,10 @@
-"""The crawl stage: download, process and commit shards of a :class:`CrawlPlan`.
+"""The crawl stage: download, process and commit the shards of a :class:`CrawlPlan`.
 
-One event loop downloads; a process pool decodes and resizes. :func:`crawl_shard` is the
-unit an engine schedules; :func:`run_crawl` runs all pending shards of a plan on this
-machine and resumes where a killed run stopped.
+:func:`crawl_shard` is the unit an engine schedules: it crawls one shard in the calling
+process, downloading on an event loop and decoding/resizing on a few threads beside it
+(Pillow and OpenCV release the GIL), then commits the shard. Image bytes never cross a
+process boundary. :func:`run_crawl` runs the pending shards of a plan on this machine,
+one worker process per shard at a time, and resumes where a killed run stopped.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import logging
 import multiprocessing
 import os
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,8 @@ from manifests.atomic import write_bytes_atomic
 log = logging.getLogger(__name__)
 
 RUN_FILE = "crawl.json"
+
+UrlCallback = Callable[[bool], None]  # called once per URL with whether it succeeded
 
 
 class ResumeMismatchError(RuntimeError):
@@ -95,23 +101,37 @@ def _failed(row: dict[str, Any], code: ErrorCode, message: str, http_status=None
     return row
 
 
-async def crawl_shard(
+def crawl_shard(
     index: int,
     planned: list[PlannedUrl],
-    crawler: ShardCrawler,
-    output: CrawlOutput,
-    progress: tqdm | None = None,
+    config: CrawlConfig,
+    out_dir: str | Path,
+    on_url: UrlCallback | None = None,
 ) -> ShardStats:
-    """Crawl one shard's URLs and commit it; returns its stats."""
+    """Crawl one shard's URLs in this process and commit it to ``out_dir``; returns its stats."""
+    return asyncio.run(_crawl_shard(index, planned, config, CrawlOutput(out_dir), on_url))
+
+
+async def _crawl_shard(
+    index: int,
+    planned: list[PlannedUrl],
+    config: CrawlConfig,
+    output: CrawlOutput,
+    on_url: UrlCallback | None,
+) -> ShardStats:
     start = time.perf_counter()
+    init_worker()
+    with ThreadPoolExecutor(config.threads_per_process) as pixels:
+        async with Fetcher(config.fetch) as fetcher:
+            crawler = ShardCrawler(config, fetcher, pixels)
 
-    async def one(p: PlannedUrl) -> tuple[dict[str, Any], bytes]:
-        result = await crawler.crawl_url(p, index)
-        if progress is not None:
-            progress.update(1)
-        return result
+            async def one(p: PlannedUrl) -> tuple[dict[str, Any], bytes]:
+                result = await crawler.crawl_url(p, index)
+                if on_url is not None:
+                    on_url(result[0]["status"] == "ok")
+                return result
 
-    results = await asyncio.gather(*(one(p) for p in planned))
+            results = await asyncio.gather(*(one(p) for p in planned))
     rows = [row for row, _ in results]
     images = {row["key"]: data for row, data in results if row["key"] is not None}
     stats = ShardStats(
@@ -122,7 +142,7 @@ async def crawl_shard(
         stored_bytes=sum(map(len, images.values())),
         elapsed_s=round(time.perf_counter() - start, 3),
     )
-    await asyncio.to_thread(output.commit, index, rows, images, stats, asdict(crawler.config))
+    output.commit(index, rows, images, stats, asdict(config))
     return stats
 
 
@@ -147,10 +167,8 @@ class CrawlSummary:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["input_problems"] = {
-            "count": len(self.input_problems),
-            "first": self.input_problems[:50],
-        }
+        problems = self.input_problems
+        data["input_problems"] = {"count": len(problems), "first": problems[:50]}
         data["error"] = sum(self.error_codes.values())
         data["urls_per_s_this_run"] = round(self.urls_per_s, 2)
         return data
@@ -171,11 +189,8 @@ def run_crawl(
     done = output.complete_shards()
     pending = [i for i in range(len(shards)) if i not in done]
     todo = sum(len(shards[i]) for i in pending)
-    bar = tqdm(total=todo, unit="url", desc="crawl", disable=not progress, smoothing=0.05)
-    try:
-        asyncio.run(_crawl_pending(shards, pending, config, output, bar))
-    finally:
-        bar.close()
+    with tqdm(total=todo, unit="url", desc="crawl", disable=not progress, smoothing=0.1) as bar:
+        _crawl_in_processes(shards, pending, config, output.root, bar)
     all_stats = [output.shard_stats(i) for i in range(len(shards))]
     codes: dict[str, int] = {}
     for s in all_stats:
@@ -195,32 +210,68 @@ def run_crawl(
         urls_this_run=todo,
         shards=[s.to_json() for s in all_stats],
     )
-    write_bytes_atomic(output.root / "stats.json", json.dumps(summary.to_json(), indent=1).encode())
+    stats_json = json.dumps(summary.to_json(), indent=1).encode()
+    write_bytes_atomic(output.root / "stats.json", stats_json)
     return summary
 
 
-async def _crawl_pending(
+# Counters the worker processes share with the parent's progress bar: [done, ok].
+_counters = None
+
+
+def _init_shard_worker(counters) -> None:
+    global _counters
+    _counters = counters
+
+
+def _count_url(ok: bool) -> None:
+    with _counters.get_lock():
+        _counters[0] += 1
+        _counters[1] += ok
+
+
+def _crawl_shard_in_worker(index: int, planned: list[PlannedUrl], config, out_dir) -> ShardStats:
+    return crawl_shard(index, planned, config, out_dir, on_url=_count_url)
+
+
+def _crawl_in_processes(
     shards: list[list[PlannedUrl]],
     pending: list[int],
     config: CrawlConfig,
-    output: CrawlOutput,
+    out_dir: Path,
     bar: tqdm,
 ) -> None:
-    workers = config.processes or os.cpu_count() or 1
+    """One worker process per shard at a time; limits are split evenly over the workers."""
+    if not pending:
+        return
+    workers = min(config.processes or os.cpu_count() or 1, len(pending))
+    per_worker = replace(
+        config,
+        fetch=replace(
+            config.fetch,
+            concurrency=max(1, config.fetch.concurrency // workers),
+            per_host_concurrency=max(1, config.fetch.per_host_concurrency // workers),
+        ),
+    )
     ctx = multiprocessing.get_context("forkserver")
-    open_shards = asyncio.Semaphore(config.max_open_shards)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker) as pool:
-        async with Fetcher(config.fetch) as fetcher:
-            crawler = ShardCrawler(config, fetcher, pool)
-
-            async def run(index: int) -> None:
-                async with open_shards:
-                    stats = await crawl_shard(index, shards[index], crawler, output, bar)
-                log.info(
-                    "shard %05d: %d/%d ok in %.1fs", index, stats.ok, stats.rows, stats.elapsed_s
-                )
-
-            await asyncio.gather(*(run(i) for i in pending))
+    counters = ctx.Array("q", 2)
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_shard_worker, initargs=(counters,)
+    ) as pool:
+        futures = {
+            pool.submit(_crawl_shard_in_worker, i, shards[i], per_worker, out_dir): i
+            for i in pending
+        }
+        remaining = set(futures)
+        while remaining:
+            finished, remaining = wait_futures(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stats = future.result()  # a crashed worker is a bug: surface it
+                log.info("shard %05d: %d/%d ok in %.1fs", stats.shard, stats.ok, stats.rows,
+                         stats.elapsed_s)  # fmt: skip
+            done, ok = counters[0], counters[1]
+            bar.update(done - bar.n)
+            bar.set_postfix(ok=f"{100 * ok / max(done, 1):.1f}%", refresh=False)
 
 
 def _claim_output(root: Path, plan: CrawlPlan, config: CrawlConfig) -> None:

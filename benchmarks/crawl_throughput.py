@@ -1,0 +1,163 @@
+"""Crawl throughput on this machine: our crawler against the pixel limit and img2dataset.
+
+Serves N generated photo-like images (640x480, 90% JPEG, 10% PNG) from a loopback server
+in a separate process, then measures on the same images, in the same run:
+  - pixel_limit: decode + resize to 512 + encode alone, one process per core (the ceiling);
+  - ours: ``python -m pipelines.crawl`` over the URL list (wall clock, start-up included);
+  - img2dataset: the same URL list, cores and resize settings (wall clock, start-up included),
+    installed from PyPI into its own virtual environment under --workdir.
+Prints one JSON object; the ratios are what to compare across machines.
+
+    python benchmarks/crawl_throughput.py [--n 5000] [--workdir DIR] [--skip-img2dataset]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from curation.crawl.config import ProcessConfig
+from curation.crawl.process import init_worker, process_image
+from pipelines.loopback_web import serve_in_process
+from pipelines.synthetic_images import encode, make_photo
+
+MAX_SIDE = 512
+
+
+def _write_image(args: tuple[Path, int]) -> str:
+    directory, i = args
+    fmt, ext = ("PNG", "png") if i % 10 == 9 else ("JPEG", "jpg")
+    name = f"{i:06d}.{ext}"
+    path = directory / name
+    if not path.exists():
+        path.write_bytes(encode(make_photo(i), fmt))
+    return name
+
+
+def generate_images(directory: Path, n: int, workers: int) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(_write_image, [(directory, i) for i in range(n)], chunksize=64))
+
+
+def _process_file(path: str) -> int:
+    return len(process_image(Path(path).read_bytes(), ProcessConfig(max_side=MAX_SIDE)).data)
+
+
+def pixel_limit(directory: Path, names: list[str], workers: int) -> dict:
+    """Decode + resize + encode only, files already in memory's page cache."""
+    paths = [str(directory / n) for n in names]
+    with ProcessPoolExecutor(workers, initializer=init_worker) as pool:
+        list(pool.map(_process_file, paths[:64]))  # warm the workers
+        start = time.perf_counter()
+        list(pool.map(_process_file, paths, chunksize=16))
+        elapsed = time.perf_counter() - start
+    return {"images_per_s": round(len(paths) / elapsed, 1), "elapsed_s": round(elapsed, 2)}
+
+
+def run_ours(url_file: Path, out: Path, workers: int, shard_size: int, extra: list[str]) -> dict:
+    cmd = [
+        sys.executable, "-m", "pipelines.crawl", "--urls", str(url_file), "--out", str(out),
+        "--allow-network", "127.0.0.0/8", "--max-side", str(MAX_SIDE), "--processes",
+        str(workers), "--shard-size", str(shard_size), "--no-progress", *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    stats = json.loads((out / "stats.json").read_text())
+    return {
+        "images_per_s": round(stats["ok"] / wall, 1),
+        "success_rate": round(stats["ok"] / stats["urls"], 4),
+        "wall_s": round(wall, 2),
+        "crawl_s": stats["elapsed_s"],
+    }
+
+
+def ensure_img2dataset(venv: Path) -> Path:
+    exe = venv / "bin" / "img2dataset"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "img2dataset"]
+        subprocess.run(pip, check=True)
+    return exe
+
+
+def run_img2dataset(
+    exe: Path, url_file: Path, out: Path, workers: int, threads: int, shard_size: int
+) -> dict:
+    cmd = [
+        str(exe), "--url_list", str(url_file), "--input_format", "txt",
+        "--output_folder", str(out), "--output_format", "webdataset",
+        "--processes_count", str(workers), "--thread_count", str(threads),
+        "--image_size", str(MAX_SIDE), "--resize_mode", "keep_ratio_largest",
+        "--resize_only_if_bigger", "True", "--encode_quality", "95",
+        "--number_sample_per_shard", str(shard_size), "--retries", "0", "--enable_wandb", "False",
+        "--distributor", "multiprocessing",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    stats = [json.loads(Path(p).read_text()) for p in glob.glob(str(out / "*_stats.json"))]
+    ok = sum(s["successes"] for s in stats)
+    total = sum(s["count"] for s in stats)
+    return {
+        "images_per_s": round(ok / wall, 1),
+        "success_rate": round(ok / max(total, 1), 4),
+        "wall_s": round(wall, 2),
+        "threads_per_process": threads,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-crawl"))
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--shard-size", type=int, default=1000, help="URLs per shard, both tools")
+    p.add_argument("--img2dataset-threads", type=int, default=64)
+    p.add_argument(
+        "--ours-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for our crawler",
+    )
+    p.add_argument("--skip-img2dataset", action="store_true")
+    args = p.parse_args()
+    images = args.workdir / f"images-{args.n}"
+    names = generate_images(images, args.n, args.workers)
+    result: dict = {
+        "n": args.n, "cores": args.workers, "max_side": MAX_SIDE, "shard_size": args.shard_size,
+    }  # fmt: skip
+    result["pixel_limit"] = pixel_limit(images, names, args.workers)
+    with serve_in_process(images) as port:
+        url_file = args.workdir / "urls.txt"
+        url_file.write_text("".join(f"http://127.0.0.1:{port}/{n}\n" for n in names))
+        for name in ("ours", "img2dataset"):
+            subprocess.run(["rm", "-rf", str(args.workdir / f"out-{name}")], check=True)
+        extra = [a for kv in args.ours_set for a in ("--set", kv)]
+        result["ours"] = run_ours(
+            url_file, args.workdir / "out-ours", args.workers, args.shard_size, extra
+        )
+        if not args.skip_img2dataset:
+            exe = ensure_img2dataset(args.workdir / "venv-img2dataset")
+            result["img2dataset"] = run_img2dataset(
+                exe, url_file, args.workdir / "out-img2dataset", args.workers,
+                args.img2dataset_threads, args.shard_size,
+            )  # fmt: skip
+    ours = result["ours"]["images_per_s"]
+    result["ratio_ours_to_pixel_limit"] = round(ours / result["pixel_limit"]["images_per_s"], 3)
+    if "img2dataset" in result:
+        result["ratio_ours_to_img2dataset"] = round(ours / result["img2dataset"]["images_per_s"], 3)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -46,12 +46,16 @@ class ImageShardWriter:
         self._tar.addfile(info, io.BytesIO(data))
 
     def close(self) -> None:
-        self._tar.close()
-        commit(self._tmp, self.path)
+        """Commit the tar under its final name (once; later calls do nothing)."""
+        if not self._tar.closed:
+            self._tar.close()
+            commit(self._tmp, self.path)
 
     def abort(self) -> None:
-        self._tar.close()
-        self._tmp.unlink(missing_ok=True)
+        """Drop what was written, unless the tar was already committed."""
+        if not self._tar.closed:
+            self._tar.close()
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ImageShardWriter:
         return self

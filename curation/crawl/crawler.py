@@ -30,8 +30,9 @@ from curation.crawl.errors import CrawlError, ErrorCode
 from curation.crawl.fetch import Fetcher
 from curation.crawl.plan import CrawlPlan, PlannedUrl, plan_crawl
 from curation.crawl.process import init_worker, process_image
-from curation.crawl.shard_writer import CrawlOutput, ShardStats, count_codes
+from curation.crawl.shard_writer import CrawlOutput, ShardStats, count_codes, sample_meta
 from manifests.atomic import write_bytes_atomic
+from manifests.image_shards import ImageShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,17 @@ class ResumeMismatchError(RuntimeError):
 class ShardCrawler:
     """Turns planned URLs into pool rows and stored images."""
 
-    def __init__(self, config: CrawlConfig, fetcher: Fetcher, executor: Executor) -> None:
+    def __init__(
+        self, config: CrawlConfig, fetcher: Fetcher, executor: Executor, images: ImageShardWriter
+    ) -> None:
         self.config = config
         self.fetcher = fetcher
         self.executor = executor
+        self.images = images
         self._in_flight = asyncio.Semaphore(config.fetch.concurrency)
 
-    async def crawl_url(self, planned: PlannedUrl, shard: int) -> tuple[dict[str, Any], bytes]:
+    async def crawl_url(self, planned: PlannedUrl, shard: int) -> dict[str, Any]:
+        """The pool row of one URL; an ok row's image is already in the shard's tar."""
         row = _empty_row(planned, shard)
         try:
             if planned.error is not None:
@@ -66,10 +71,10 @@ class ShardCrawler:
                     self.executor, process_image, fetched.body, self.config.process
                 )
         except CrawlError as exc:
-            return _failed(row, exc.code, exc.message, exc.http_status), b""
+            return _failed(row, exc.code, exc.message, exc.http_status)
         except Exception as exc:  # never let one URL end the run
             log.exception("unexpected error on %s", planned.url)
-            return _failed(row, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"), b""
+            return _failed(row, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         finally:
             row["fetch_time"] = datetime.now(UTC)
         row.update(
@@ -82,7 +87,8 @@ class ShardCrawler:
             sha256=image.sha256,
             key=planned.id,
         )
-        return row, image.data
+        self.images.add(planned.id, image.data, sample_meta(row))
+        return row
 
 
 def _empty_row(planned: PlannedUrl, shard: int) -> dict[str, Any]:
@@ -121,28 +127,29 @@ async def _crawl_shard(
 ) -> ShardStats:
     start = time.perf_counter()
     init_worker()
-    with ThreadPoolExecutor(config.threads_per_process) as pixels:
+    with (
+        ThreadPoolExecutor(config.threads_per_process) as pixels,
+        output.image_writer(index) as images,
+    ):
         async with Fetcher(config.fetch) as fetcher:
-            crawler = ShardCrawler(config, fetcher, pixels)
+            crawler = ShardCrawler(config, fetcher, pixels, images)
 
-            async def one(p: PlannedUrl) -> tuple[dict[str, Any], bytes]:
-                result = await crawler.crawl_url(p, index)
+            async def one(p: PlannedUrl) -> dict[str, Any]:
+                row = await crawler.crawl_url(p, index)
                 if on_url is not None:
-                    on_url(result[0]["status"] == "ok")
-                return result
+                    on_url(row["status"] == "ok")
+                return row
 
-            results = await asyncio.gather(*(one(p) for p in planned))
-    rows = [row for row, _ in results]
-    images = {row["key"]: data for row, data in results if row["key"] is not None}
-    stats = ShardStats(
-        shard=index,
-        rows=len(rows),
-        ok=len(images),
-        error_codes=count_codes(rows),
-        stored_bytes=sum(map(len, images.values())),
-        elapsed_s=round(time.perf_counter() - start, 3),
-    )
-    output.commit(index, rows, images, stats, asdict(config))
+            rows = await asyncio.gather(*(one(p) for p in planned))
+        stats = ShardStats(
+            shard=index,
+            rows=len(rows),
+            ok=images.count,
+            error_codes=count_codes(rows),
+            stored_bytes=sum(r["bytes"] for r in rows if r["status"] == "ok"),
+            elapsed_s=round(time.perf_counter() - start, 3),
+        )
+        output.commit(index, images, rows, stats, asdict(config))
     return stats
 
 

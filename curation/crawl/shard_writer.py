@@ -1,6 +1,8 @@
 """Committing one crawled shard: the image tar, its stats, then the pool Parquet.
 
-The Parquet file is written last; its presence is what marks the shard complete.
+Images stream into the shard's tar (under a temporary name) as they are ready, so a
+shard never holds all its images in memory. The Parquet file is committed last; its
+presence is what marks the shard complete.
 """
 
 from __future__ import annotations
@@ -57,19 +59,19 @@ class CrawlOutput:
         data.pop("images_per_s", None)
         return ShardStats(**data)
 
+    def image_writer(self, index: int) -> ImageShardWriter:
+        return ImageShardWriter(tar_shard_path(self.shards_dir, index))
+
     def commit(
         self,
         index: int,
+        images: ImageShardWriter,
         rows: list[dict[str, Any]],
-        images: dict[str, bytes],
         stats: ShardStats,
         config: dict[str, Any],
     ) -> None:
-        """Write shard ``index``: ``rows`` follow the pool schema; ``images`` maps key -> JPEG."""
-        with ImageShardWriter(tar_shard_path(self.shards_dir, index)) as tar:
-            for row in rows:
-                if row["key"] is not None:
-                    tar.add(row["key"], images[row["key"]], _sample_meta(row))
+        """Commit shard ``index``: its tar, then its stats, then its pool rows (schema pool/1)."""
+        images.close()
         write_bytes_atomic(
             self.stats_dir / f"{shard_stem(index)}.json",
             json.dumps(stats.to_json(), indent=1).encode(),
@@ -78,7 +80,8 @@ class CrawlOutput:
         self.pool.write(index, table, config)
 
 
-def _sample_meta(row: dict[str, Any]) -> dict[str, Any]:
+def sample_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """What the tar's ``KEY.json`` holds beside each image."""
     keys = ("id", "url", "page_url", "width", "height", "original_width", "original_height")
     return {k: row[k] for k in (*keys, "sha256")}
 

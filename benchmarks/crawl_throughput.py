@@ -19,6 +19,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,49 +119,56 @@ def run_img2dataset(
     }
 
 
+def _median_run(runs: list[dict], key: str) -> dict:
+    """The run whose ``key`` is the median (the runs themselves are kept beside it)."""
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs; medians reported")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-crawl"))
     p.add_argument("--workers", type=int, default=os.cpu_count())
-    p.add_argument("--shard-size", type=int, default=1000, help="URLs per shard, both tools")
+    p.add_argument("--shard-size", type=int, default=1250, help="URLs per shard, both tools")
     p.add_argument("--img2dataset-threads", type=int, default=64)
-    p.add_argument(
-        "--ours-set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides for our crawler",
-    )
+    p.add_argument("--ours-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for our crawler")  # fmt: skip
     p.add_argument("--skip-img2dataset", action="store_true")
     args = p.parse_args()
     images = args.workdir / f"images-{args.n}"
     names = generate_images(images, args.n, args.workers)
-    result: dict = {
-        "n": args.n, "cores": args.workers, "max_side": MAX_SIDE, "shard_size": args.shard_size,
-    }  # fmt: skip
-    result["pixel_limit"] = pixel_limit(images, names, args.workers)
+    exe = None if args.skip_img2dataset else ensure_img2dataset(args.workdir / "venv-img2dataset")
+    extra = [a for kv in args.ours_set for a in ("--set", kv)]
+    runs: dict[str, list[dict]] = {"pixel_limit": [], "ours": [], "img2dataset": []}
     with serve_in_process(images) as port:
         url_file = args.workdir / "urls.txt"
         url_file.write_text("".join(f"http://127.0.0.1:{port}/{n}\n" for n in names))
-        for name in ("ours", "img2dataset"):
-            subprocess.run(["rm", "-rf", str(args.workdir / f"out-{name}")], check=True)
-        extra = [a for kv in args.ours_set for a in ("--set", kv)]
-        result["ours"] = run_ours(
-            url_file, args.workdir / "out-ours", args.workers, args.shard_size, extra
-        )
-        if not args.skip_img2dataset:
-            exe = ensure_img2dataset(args.workdir / "venv-img2dataset")
-            result["img2dataset"] = run_img2dataset(
-                exe, url_file, args.workdir / "out-img2dataset", args.workers,
-                args.img2dataset_threads, args.shard_size,
-            )  # fmt: skip
-    ours = result["ours"]
-    limit = result["pixel_limit"]["images_per_s"]
-    result["ratio_ours_to_pixel_limit"] = round(ours["images_per_s"] / limit, 3)
-    if "img2dataset" in result:  # both by wall clock, start-up included
-        i2d = result["img2dataset"]["images_per_s"]
-        result["ratio_ours_to_img2dataset"] = round(ours["images_per_s_wall"] / i2d, 3)
+        for _ in range(args.repeats):
+            runs["pixel_limit"].append(pixel_limit(images, names, args.workers))
+            out = args.workdir / "out-ours"
+            shutil.rmtree(out, ignore_errors=True)
+            runs["ours"].append(run_ours(url_file, out, args.workers, args.shard_size, extra))
+            if exe is not None:
+                out = args.workdir / "out-img2dataset"
+                shutil.rmtree(out, ignore_errors=True)
+                runs["img2dataset"].append(
+                    run_img2dataset(exe, url_file, out, args.workers,
+                                    args.img2dataset_threads, args.shard_size)
+                )  # fmt: skip
+    limit = _median_run(runs["pixel_limit"], "images_per_s")
+    ours = _median_run(runs["ours"], "images_per_s")
+    result: dict = {
+        "n": args.n, "cores": args.workers, "max_side": MAX_SIDE, "shard_size": args.shard_size,
+        "repeats": args.repeats, "pixel_limit": limit, "ours": ours,
+        "ratio_ours_to_pixel_limit": round(ours["images_per_s"] / limit["images_per_s"], 3),
+    }  # fmt: skip
+    if runs["img2dataset"]:  # both by wall clock, start-up included
+        i2d = _median_run(runs["img2dataset"], "images_per_s")
+        ours_wall = _median_run(runs["ours"], "images_per_s_wall")["images_per_s_wall"]
+        result["img2dataset"] = i2d
+        result["ratio_ours_to_img2dataset"] = round(ours_wall / i2d["images_per_s"], 3)
+    result["runs"] = runs
     print(json.dumps(result, indent=1))
 
 

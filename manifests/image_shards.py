@@ -24,12 +24,17 @@ def tar_shard_path(root: str | os.PathLike, index: int) -> Path:
 
 
 class ImageShardWriter:
-    """Write samples to ``path``; the tar appears under its final name only on :meth:`close`."""
+    """Write samples to ``path``; the tar appears under its final name only on :meth:`close`.
+
+    Members are written as USTAR headers (from ``tarfile``) followed by the data, straight
+    to the file: ``TarFile.addfile`` copies each header object and the data through an
+    extra buffer, which cost a fifth of a crawler's event-loop time.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._tmp = temporary_path(self.path)
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by close() or abort()
         self.count = 0
 
     def add(self, key: str, image: bytes, meta: dict[str, Any], ext: str = "jpg") -> None:
@@ -43,18 +48,22 @@ class ImageShardWriter:
         info = tarfile.TarInfo(name)
         info.size = len(data)
         info.mode = 0o644
-        self._tar.addfile(info, io.BytesIO(data))
+        self._file.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+        self._file.write(data)
+        self._file.write(_padding(len(data), tarfile.BLOCKSIZE))
 
     def close(self) -> None:
         """Commit the tar under its final name (once; later calls do nothing)."""
-        if not self._tar.closed:
-            self._tar.close()
+        if not self._file.closed:
+            end = 2 * tarfile.BLOCKSIZE  # two zero blocks end the archive
+            self._file.write(b"\0" * end + _padding(self._file.tell() + end, tarfile.RECORDSIZE))
+            self._file.close()
             commit(self._tmp, self.path)
 
     def abort(self) -> None:
         """Drop what was written, unless the tar was already committed."""
-        if not self._tar.closed:
-            self._tar.close()
+        if not self._file.closed:
+            self._file.close()
             self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ImageShardWriter:
@@ -65,6 +74,10 @@ class ImageShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def _padding(size: int, block: int) -> bytes:
+    return b"\0" * (-size % block)
 
 
 def iter_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import queue
 import socket
 import threading
 import time
@@ -146,7 +147,16 @@ class serve_in_process:  # noqa: N801 - used like a function: ``with serve_in_pr
 
     def __enter__(self) -> int:
         self._proc.start()
-        return self._port.get(timeout=120)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                return self._port.get(timeout=0.5)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise RuntimeError(
+                        f"loopback server process exited with code {self._proc.exitcode}"
+                    ) from None
+        raise TimeoutError("loopback server did not start within 120 s")
 
     def __exit__(self, *exc) -> None:
         self._stop.set()

@@ -13,7 +13,7 @@ import webdataset as wds
 
 from manifests.atomic import atomic_path
 from manifests.errors import ManifestError, SchemaMismatchError
-from manifests.image_shards import ImageShardReader, ImageShardWriter, iter_samples
+from manifests.image_shards import ImageShardReader, ImageShardWriter, iter_samples, ustar_header
 from manifests.parquet_io import ShardedParquet, read_manifest
 from manifests.schemas import CONFIG_KEY, POOL, SCHEMA_KEY
 
@@ -111,3 +111,19 @@ def test_corrupt_tar_is_a_clear_error(tmp_path):
     path.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(ManifestError, match="00000.tar: not a readable tar shard"):
         ImageShardReader(path)
+
+
+@pytest.mark.parametrize(
+    "name, size", [("a" * 32 + ".jpg", 51234), ("k.json", 0), ("b" * 100, 8**11 - 1)]
+)
+def test_ustar_headers_match_tarfile(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, 0o644
+    assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+
+
+def test_ustar_limits_are_refused():
+    with pytest.raises(ValueError, match="longer than 100 bytes"):
+        ustar_header("c" * 101, 1)
+    with pytest.raises(ValueError, match="8 GiB"):
+        ustar_header("big.jpg", 8**11)

@@ -89,9 +89,9 @@ class Fetcher:
     async def __aexit__(self, *exc) -> None:
         await self._session.close()
 
-    def check_url(self, url: str) -> None:
+    def check_url(self, url: URL) -> None:
         """Refuse a URL before any connection: blocklisted host or a non-public IP literal."""
-        host = URL(url).raw_host or ""
+        host = url.raw_host or ""
         self.blocklist.check(host)
         self.policy.check_literal(host)
 
@@ -120,8 +120,9 @@ class Fetcher:
     async def _follow(self, url: str) -> Fetched:
         seen = {url}
         for _ in range(self.config.max_redirects + 1):
-            self.check_url(url)
-            location, fetched = await self._request(url)
+            target = URL(url, encoded=True)  # normalized: parse once, for us and the client
+            self.check_url(target)
+            location, fetched = await self._request(target)
             if fetched is not None:
                 return fetched
             url = normalize_url(location, base=url)
@@ -132,7 +133,7 @@ class Fetcher:
             ErrorCode.TOO_MANY_REDIRECTS, f"more than {self.config.max_redirects} redirects"
         )
 
-    async def _request(self, url: str) -> tuple[str | None, Fetched | None]:
+    async def _request(self, url: URL) -> tuple[str | None, Fetched | None]:
         """One request: ``(location, None)`` for a redirect, ``(None, fetched)`` otherwise."""
         try:
             async with self._session.get(url, allow_redirects=False) as resp:
@@ -142,11 +143,11 @@ class Fetcher:
                 self._check_status(resp)
                 self._check_robots(resp)
                 body = await self._read_body(resp)
-                return None, Fetched(body, status, url)
+                return None, Fetched(body, status, str(url))
         except (CrawlError, _Retryable, TimeoutError):
             raise
         except aiohttp.ClientConnectorDNSError as exc:
-            raise CrawlError(ErrorCode.DNS, f"{URL(url).host}: {exc.os_error}") from exc
+            raise CrawlError(ErrorCode.DNS, f"{url.host}: {exc.os_error}") from exc
         except aiohttp.ServerTimeoutError as exc:
             raise CrawlError(ErrorCode.TIMEOUT, str(exc) or "read timed out") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:

@@ -96,6 +96,8 @@ class DomainBlocklist:
         return len(self._domains)
 
     def blocks(self, host: str) -> bool:
+        if not self._domains:
+            return False
         labels = host.lower().rstrip(".").split(".")
         return any(".".join(labels[i:]) in self._domains for i in range(len(labels)))
 

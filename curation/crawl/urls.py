@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import socket
@@ -15,6 +16,7 @@ ALLOWED_SCHEMES = ("http", "https")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=65536)  # hosts repeat across a crawl's URLs
 def parse_ip_literal(host: str) -> IPAddress | None:
     """The address a host string denotes by itself, or None if it is a name.
 

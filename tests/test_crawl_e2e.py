@@ -46,6 +46,7 @@ CASES: dict[str, tuple[Route, str]] = {
     "/forbidden.jpg": (Route(status=403, body=b"no", content_type="text/plain"), "http_4xx"),
     "/slow-drip.jpg": (Route(body=FULL[:400], drip_interval_s=0.05), "timeout"),
     "/endless.jpg": (Route(body=b"\xff" * 65536, endless=True), "too_large"),
+    "/declared-too-big.jpg": (Route(body=b"\xff" * 2_100_000), "too_large"),  # Content-Length
     "/gzip-bomb.jpg": (
         Route(body=gzipped(b"\0" * 50_000_000), headers={"Content-Encoding": "gzip"}),
         "too_large",
@@ -107,7 +108,6 @@ def _other_urls(web: LoopbackWeb) -> dict[str, str]:
         f"http://localhost:{web.port}/ok.jpg?by-name": "ok",
         f"http://[::1]:{web.port}/ok.jpg": "blocked_private_address",  # not in 127.0.0.0/8
         "http://10.0.0.1/x.jpg": "blocked_private_address",
-        "http://does-not-exist.invalid/x.jpg": "dns",
         "ftp://example.org/a.jpg": "unsupported_scheme",
         "not a url at all": "invalid_url",
     }

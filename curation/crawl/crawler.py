@@ -222,23 +222,45 @@ def run_crawl(
     return summary
 
 
-# Counters the worker processes share with the parent's progress bar: [done, ok].
-_counters = None
+class _SharedProgress:
+    """Per-URL outcomes of a worker, added to counters the parent's progress bar reads.
+
+    Counts are flushed in batches: a lock round trip per URL costs more than the URL's
+    bookkeeping.
+    """
+
+    FLUSH_EVERY = 64
+
+    def __init__(self, counters) -> None:  # counters: multiprocessing Array('q', 2): done, ok
+        self.counters = counters
+        self.done = self.ok = 0
+
+    def __call__(self, ok: bool) -> None:
+        self.done += 1
+        self.ok += ok
+        if self.done >= self.FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.counters.get_lock():
+            self.counters[0] += self.done
+            self.counters[1] += self.ok
+        self.done = self.ok = 0
+
+
+_progress: _SharedProgress | None = None  # one per worker process
 
 
 def _init_shard_worker(counters) -> None:
-    global _counters
-    _counters = counters
-
-
-def _count_url(ok: bool) -> None:
-    with _counters.get_lock():
-        _counters[0] += 1
-        _counters[1] += ok
+    global _progress
+    _progress = _SharedProgress(counters)
 
 
 def _crawl_shard_in_worker(index: int, planned: list[PlannedUrl], config, out_dir) -> ShardStats:
-    return crawl_shard(index, planned, config, out_dir, on_url=_count_url)
+    try:
+        return crawl_shard(index, planned, config, out_dir, on_url=_progress)
+    finally:
+        _progress.flush()
 
 
 def _crawl_in_processes(
@@ -278,7 +300,8 @@ def _crawl_in_processes(
                          stats.elapsed_s)  # fmt: skip
             done, ok = counters[0], counters[1]
             bar.update(done - bar.n)
-            bar.set_postfix(ok=f"{100 * ok / max(done, 1):.1f}%", refresh=False)
+            elapsed = bar.format_dict["elapsed"] or 1e-9
+            bar.set_postfix(img_per_s=f"{ok / elapsed:.0f}", ok=f"{100 * ok / max(done, 1):.1f}%")
 
 
 def _claim_output(root: Path, plan: CrawlPlan, config: CrawlConfig) -> None:

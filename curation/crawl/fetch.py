@@ -194,6 +194,8 @@ class Fetcher:
         if resp.content_length is not None and resp.content_length > cap:
             raise too_large
         decoder = _decoder(resp.headers.get("Content-Encoding", ""), resp.status)
+        if decoder is None and resp.content_length is not None:
+            return await resp.read()  # the client stops at Content-Length, checked above
         parts, size = [], 0
         async for chunk in resp.content.iter_chunked(_CHUNK):
             data = chunk if decoder is None else decoder.decompress(chunk, cap - size + 1)

@@ -283,6 +283,7 @@ def _crawl_in_processes(
         ),
     )
     ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # workers fork with cv2, aiohttp, pyarrow imported
     counters = ctx.Array("q", 2)
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_shard_worker, initargs=(counters,)

@@ -1,0 +1,1 @@
+"""The DINOv2 trainer: models, layers, losses, data, train loop, checkpoints, evaluation."""

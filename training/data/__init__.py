@@ -1,0 +1,1 @@
+"""Training data: manifest datasets, multi-crop augmentation, iBOT masks, collation."""

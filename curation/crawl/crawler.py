@@ -288,11 +288,9 @@ def _crawl_in_processes(
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_shard_worker, initargs=(counters,)
     ) as pool:
-        futures = {
-            pool.submit(_crawl_shard_in_worker, i, shards[i], per_worker, out_dir): i
-            for i in pending
+        remaining = {
+            pool.submit(_crawl_shard_in_worker, i, shards[i], per_worker, out_dir) for i in pending
         }
-        remaining = set(futures)
         while remaining:
             finished, remaining = wait_futures(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in finished:

@@ -1,0 +1,56 @@
+"""Multi-crop augmentation: crop sizes, and the blur and solarize probabilities per crop."""
+
+from __future__ import annotations
+
+import torch
+
+from training.data.augmentations import MultiCropAugmentation, MultiCropConfig
+
+
+def _checkerboard(size: int = 64, square: int = 4) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    board = ((x // square + y // square) % 2).float()
+    return board.expand(3, size, size).clone()
+
+
+def _sharpness(crop: torch.Tensor) -> float:
+    """Gradient energy: a blur with sigma 2 removes most of it, resampling does not."""
+    return float((crop[:, :, 1:] - crop[:, :, :-1]).square().mean())
+
+
+def test_crop_shapes_and_normalization():
+    aug = MultiCropAugmentation(MultiCropConfig(global_size=56, local_size=28, n_local=3))
+    out = aug(torch.rand(3, 120, 90))
+    assert [t.shape for t in out["global_crops"]] == [(3, 56, 56)] * 2
+    assert [t.shape for t in out["local_crops"]] == [(3, 28, 28)] * 3
+    assert out["global_crops"][0].min() < 0  # normalized, not in [0, 1]
+
+
+def test_blur_probabilities_are_the_probability_of_blurring():
+    """With a strong, fixed blur and no other photometric change, count blurred crops."""
+    torch.manual_seed(0)
+    config = MultiCropConfig(global_size=64, local_size=64, n_local=1, global_scale=(1.0, 1.0),
+                             local_scale=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0,
+                             solarize_p=0.0, blur_sigma=(2.0, 2.0))  # fmt: skip
+    aug = MultiCropAugmentation(config)
+    image, n = _checkerboard(), 300
+    blurred = torch.zeros(3)
+    for _ in range(n):
+        (g1, g2), (local,) = aug.crops(image)
+        blurred += torch.tensor([_sharpness(c) < 0.05 for c in (g1, g2, local)], dtype=torch.float)
+    rates = (blurred / n).tolist()
+    assert rates[0] == 1.0  # the official code never blurs this crop
+    assert 0.05 < rates[1] < 0.16
+    assert 0.42 < rates[2] < 0.58
+
+
+def test_only_the_second_global_crop_is_solarized():
+    torch.manual_seed(1)
+    config = MultiCropConfig(global_size=32, local_size=32, n_local=4, global_scale=(1.0, 1.0),
+                             local_scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+                             blur_p=(0.0, 0.0, 0.0), solarize_p=1.0)  # fmt: skip
+    aug = MultiCropAugmentation(config)
+    image = torch.full((3, 32, 32), 0.9)  # above the threshold: solarized to 0.1
+    (g1, g2), local = aug.crops(image)
+    assert torch.allclose(g1, image, atol=1e-3) and torch.allclose(g2, 1 - image, atol=1e-3)
+    assert all(torch.allclose(t, image, atol=1e-3) for t in local)

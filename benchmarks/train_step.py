@@ -1,0 +1,92 @@
+"""One DINOv2 training step of ViT-S/14 (2 x 224 + 8 x 98 crops, batch 8): packed vs one
+forward per crop size, efficient vs standard stochastic depth (rate 0.4), in one run.
+
+Each variant runs in its own process (so its peak resident memory is its own) on the same
+data and weights; times are the median of the timed steps. Prints JSON; the ratios
+against the plain path (unpacked, standard drop path) are what to compare.
+
+    python benchmarks/train_step.py [--steps 3] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import statistics
+import time
+
+import torch
+
+from training.ssl_meta_arch import SSLConfig, SSLMetaArch
+
+VARIANTS = {
+    "plain": {"packed": False, "efficient_drop_path": False},
+    "packed": {"packed": True, "efficient_drop_path": False},
+    "efficient_drop_path": {"packed": False, "efficient_drop_path": True},
+    "packed+efficient": {"packed": True, "efficient_drop_path": True},
+}
+
+
+def _batch(batch: int, n_local: int, device: str) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "global_crops": torch.randn(2 * batch, 3, 224, 224, generator=g).to(device),
+        "local_crops": torch.randn(n_local * batch, 3, 98, 98, generator=g).to(device),
+        "masks": (torch.rand(2 * batch, 256, generator=g) < 0.3).to(device),
+    }
+
+
+def run_variant(name: str, steps: int, batch: int, device: str, out) -> None:
+    torch.manual_seed(0)
+    config = SSLConfig(arch="vit_small", drop_path_rate=0.4, ibot_separate_head=False,
+                       **VARIANTS[name])  # fmt: skip
+    model = SSLMetaArch(config).to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.student.parameters()], lr=1e-4)
+    data = _batch(batch, 8, device)
+    times = []
+    for step in range(steps + 1):  # the first step warms up
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        model(data, teacher_temp=0.04)["loss"].backward()
+        optimizer.step()
+        model.update_teacher(0.994)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step:
+            times.append(time.perf_counter() - start)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    out[name] = {"step_s": round(statistics.median(times), 3), "peak_mib": round(peak, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Manager().dict()
+    for name in VARIANTS:
+        proc = ctx.Process(
+            target=run_variant, args=(name, args.steps, args.batch, args.device, results)
+        )
+        proc.start()
+        proc.join()
+        if proc.exitcode:
+            raise SystemExit(f"variant {name} failed with exit code {proc.exitcode}")
+    out = {"device": args.device, "batch": args.batch, "threads": torch.get_num_threads(),
+           "steps": args.steps, "peak_memory": "GPU max allocated" if args.device == "cuda"
+           else "process max RSS", **dict(results)}  # fmt: skip
+    plain = out["plain"]["step_s"]
+    out["speedup_vs_plain"] = {n: round(plain / out[n]["step_s"], 3) for n in VARIANTS}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Student, EMA teacher and the DINOv2 objective for one batch of multi-crop views.
+
+The batch holds ``global_crops`` (2B images: all first crops, then all second crops),
+``local_crops`` (nB images, in the same crop-major order) and ``masks`` (2B, N) for the
+global crops. The student sees every crop, with the masked patches of its global crops
+replaced by the mask token; the teacher sees the unmasked global crops.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from training.layers.dino_head import DINOHead
+from training.loss import EMACenter, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
+from training.models import build_vit
+
+N_GLOBAL_CROPS = 2
+
+
+@dataclass
+class SSLConfig:
+    arch: str = "vit_small"
+    patch_size: int = 14
+    img_size: int = 224  # size of the learned position grid
+    num_register_tokens: int = 0
+    drop_path_rate: float = 0.0
+    layerscale: float = 1e-5
+    efficient_drop_path: bool = True
+    packed: bool = True  # all crops through each block in one call
+    head_prototypes: int = 65536
+    head_hidden: int = 2048
+    head_bottleneck: int = 256
+    ibot_separate_head: bool = True
+    ibot_prototypes: int = 65536
+    centering: str = "sinkhorn_knopp"  # or "ema"
+    student_temp: float = 0.1
+    dino_weight: float = 1.0
+    ibot_weight: float = 1.0
+    koleo_weight: float = 0.1
+
+
+def _networks(config: SSLConfig) -> nn.ModuleDict:
+    backbone = build_vit(
+        config.arch, config.patch_size, img_size=config.img_size,
+        num_register_tokens=config.num_register_tokens, drop_path_rate=config.drop_path_rate,
+        init_values=config.layerscale, efficient_drop_path=config.efficient_drop_path,
+    )  # fmt: skip
+    dim = backbone.embed_dim
+    head = lambda k: DINOHead(dim, k, config.head_hidden, config.head_bottleneck)  # noqa: E731
+    nets = {"backbone": backbone, "dino_head": head(config.head_prototypes)}
+    if config.ibot_separate_head:
+        nets["ibot_head"] = head(config.ibot_prototypes)
+    return nn.ModuleDict(nets)
+
+
+class SSLMetaArch(nn.Module):
+    def __init__(self, config: SSLConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.student = _networks(config)
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.dino_center = EMACenter(config.head_prototypes)
+        self.ibot_center = EMACenter(config.ibot_prototypes)
+
+    def _ibot_head(self, nets: nn.ModuleDict) -> nn.Module:
+        return nets["ibot_head"] if self.config.ibot_separate_head else nets["dino_head"]
+
+    def _targets(self, logits: Tensor, temp: float, center: EMACenter) -> Tensor:
+        if self.config.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(logits, temp)
+        targets = center.softmax(logits, temp)
+        center.update(logits)
+        return targets
+
+    @torch.no_grad()
+    def teacher_targets(self, global_crops: Tensor, masks: Tensor, temp: float):
+        """DINO targets per global crop, and iBOT targets for the masked patches."""
+        out = self.teacher["backbone"].forward_features(global_crops)
+        cls_logits = self.teacher["dino_head"](out["x_norm_clstoken"])
+        patches = out["x_norm_patchtokens"][masks]
+        patch_logits = self._ibot_head(self.teacher)(patches)
+        dino = self._targets(cls_logits, temp, self.dino_center).chunk(N_GLOBAL_CROPS)
+        ibot = self._targets(patch_logits, temp, self.ibot_center)
+        return list(dino), ibot
+
+    def _student_features(self, global_crops: Tensor, local_crops: Tensor, masks: Tensor):
+        backbone = self.student["backbone"]
+        if self.config.packed:
+            return backbone.forward_features([global_crops, local_crops], [masks, None])
+        return [
+            backbone.forward_features(global_crops, masks),
+            backbone.forward_features(local_crops),
+        ]
+
+    def forward(self, batch: dict[str, Tensor], teacher_temp: float) -> dict[str, Tensor]:
+        """The loss terms and their weighted sum ``loss`` for one batch."""
+        c = self.config
+        global_crops, local_crops, masks = (
+            batch["global_crops"],
+            batch["local_crops"],
+            batch["masks"],
+        )
+        dino_targets, ibot_targets = self.teacher_targets(global_crops, masks, teacher_temp)
+        g, loc = self._student_features(global_crops, local_crops, masks)
+        global_cls = g["x_norm_clstoken"]
+        n_local = local_crops.shape[0] // (global_crops.shape[0] // N_GLOBAL_CROPS)
+        cls_logits = self.student["dino_head"](torch.cat([global_cls, loc["x_norm_clstoken"]]))
+        per_crop = cls_logits.chunk(N_GLOBAL_CROPS + n_local)
+        terms = {"dino_loss": dino_loss(list(per_crop), dino_targets, c.student_temp)}
+        masked_logits = self._ibot_head(self.student)(g["x_norm_patchtokens"][masks])
+        terms["ibot_loss"] = ibot_loss(masked_logits, ibot_targets, masks, c.student_temp)
+        terms["koleo_loss"] = sum(koleo_loss(x) for x in global_cls.chunk(N_GLOBAL_CROPS))
+        terms["loss"] = (
+            c.dino_weight * terms["dino_loss"]
+            + c.ibot_weight * terms["ibot_loss"]
+            + c.koleo_weight * terms["koleo_loss"]
+        )
+        return terms
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+        teacher = list(self.teacher.parameters())
+        student = list(self.student.parameters())
+        torch._foreach_mul_(teacher, momentum)
+        torch._foreach_add_(teacher, student, alpha=1 - momentum)

@@ -7,6 +7,7 @@ import torch
 
 from training.layers.block import Block, drop_add_residual
 from training.layers.mlp import swiglu_hidden
+from training.layers.packing import Layout
 from training.models import build_vit
 
 
@@ -120,12 +121,13 @@ def test_position_embeddings_interpolate_to_any_grid():
 def test_efficient_drop_path_computes_the_branch_only_for_kept_samples():
     seen = []
 
-    def branch(groups):
-        seen.extend(g.shape[0] for g in groups)
-        return [torch.ones_like(g) for g in groups]
+    def branch(x, layout):
+        seen.extend(n for n, _ in layout.shapes)
+        return torch.ones_like(x)
 
     groups = [torch.zeros(10, 3, 2), torch.zeros(20, 5, 2)]
-    out = drop_add_residual(groups, branch, rate=0.4)
+    layout = Layout.of(groups)
+    out = layout.unpack(drop_add_residual(layout.pack(groups), layout, branch, rate=0.4))
     assert seen == [6, 12]  # the branch ran on 60% of each group
     for o, n in zip(out, (10, 20), strict=True):
         changed = (o != 0).flatten(1).any(1)
@@ -147,14 +149,17 @@ def test_both_drop_paths_are_unbiased():
     """Averaged over many draws, a block with drop path gives the block without it."""
     torch.manual_seed(0)
     block = Block(dim=32, num_heads=2, drop_path=0.3, init_values=1.0)
-    x = [torch.randn(16, 5, 32), torch.randn(24, 3, 32)]
+    groups = [torch.randn(16, 5, 32), torch.randn(24, 3, 32)]
+    layout = Layout.of(groups)
+    x = layout.pack(groups)
     with torch.no_grad():
-        expected = block.eval()(x)
+        expected = block.eval()(x, layout)
         block.train()
         for efficient in (True, False):
             block.efficient_drop_path = efficient
-            runs = [block(x) for _ in range(400)]
-            for g, want in enumerate(expected):
-                mean = torch.stack([r[g] for r in runs]).mean(0)
-                error = (mean - want).abs().mean() / (want - x[g]).abs().mean()
-                assert error < 0.1, (efficient, g, float(error))
+            mean = torch.stack([block(x, layout) for _ in range(400)]).mean(0)
+            for got, want, inp in zip(
+                layout.unpack(mean), layout.unpack(expected), groups, strict=True
+            ):
+                error = (got - want).abs().mean() / (want - inp).abs().mean()
+                assert error < 0.1, (efficient, float(error))

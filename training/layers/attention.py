@@ -1,8 +1,8 @@
 """Multi-head self-attention restricted to each crop of a packed multi-crop batch.
 
-Token groups of different lengths share the qkv and output projections (one matmul each);
-attention itself runs per group: PyTorch SDPA per crop size everywhere, or, on CUDA with
-xFormers installed, one block-diagonal memory-efficient kernel over all crops.
+The qkv and output projections run once on all tokens; attention itself runs per group:
+PyTorch SDPA per crop size everywhere, or, on CUDA with xFormers installed, one
+block-diagonal memory-efficient kernel over all crops.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.layers.packing import PackedTokens
+from training.layers.packing import Layout
 
 try:  # CUDA-only fast path
     from xformers.ops import fmha as xformers_fmha
@@ -30,14 +30,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
-    def forward(self, groups: list[Tensor]) -> list[Tensor]:
-        packed = PackedTokens(groups)
-        qkv = packed.split(self.qkv(packed.flat))
-        if xformers_fmha is not None and packed.flat.is_cuda:
+    def forward(self, x: Tensor, layout: Layout) -> Tensor:
+        """``x`` is the packed (T, D) token matrix; returns the same shape."""
+        qkv = layout.unpack(self.qkv(x))
+        if xformers_fmha is not None and x.is_cuda:
             out = self._attend_xformers(qkv)
         else:
             out = [self._attend_sdpa(g) for g in qkv]
-        return packed.split(self.proj(torch.cat([o.flatten(0, 1) for o in out])))
+        flat = out[0].flatten(0, 1) if len(out) == 1 else torch.cat([o.flatten(0, 1) for o in out])
+        return self.proj(flat)
 
     def _heads(self, qkv: Tensor) -> Tensor:
         n, length, _ = qkv.shape

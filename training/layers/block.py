@@ -2,9 +2,9 @@
 
 Stochastic depth drops a residual branch for a random subset of samples. Instead of
 computing the branch for every sample and multiplying the dropped ones by zero, the
-branch runs only on the kept samples (a subset of each crop group, chosen by a random
-permutation) and is added back scaled by 1 / keep ratio: with rate 0.4 the block does
-60% of the work. It works for any model size and any mix of crop sizes.
+branch runs only on the kept samples (a random subset of each crop group) and is added
+back scaled by 1 / keep ratio: with rate 0.4 the block does 60% of the work. It works
+for any model size and any mix of crop sizes.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from training.layers.attention import Attention
 from training.layers.layer_scale import LayerScale
 from training.layers.mlp import Mlp, SwiGLUFFN
-from training.layers.packing import tokenwise
+from training.layers.packing import Layout
 
-Branch = Callable[[list[Tensor]], list[Tensor]]
+Branch = Callable[[Tensor, Layout], Tensor]
 
 
 class Block(nn.Module):
@@ -47,36 +47,46 @@ class Block(nn.Module):
         self.drop_path = drop_path
         self.efficient_drop_path = efficient_drop_path
 
-    def _attn_branch(self, groups: list[Tensor]) -> list[Tensor]:
-        return tokenwise(self.ls1, self.attn(tokenwise(self.norm1, groups)))
+    def _attn_branch(self, x: Tensor, layout: Layout) -> Tensor:
+        return self.ls1(self.attn(self.norm1(x), layout))
 
-    def _ffn_branch(self, groups: list[Tensor]) -> list[Tensor]:
-        return tokenwise(lambda t: self.ls2(self.mlp(self.norm2(t))), groups)
+    def _ffn_branch(self, x: Tensor, layout: Layout) -> Tensor:
+        return self.ls2(self.mlp(self.norm2(x)))
 
-    def forward(self, groups: list[Tensor]) -> list[Tensor]:
-        groups = self._residual(groups, self._attn_branch)
-        return self._residual(groups, self._ffn_branch)
+    def forward(self, x: Tensor, layout: Layout) -> Tensor:
+        """``x``: all tokens of all crops, (T, D), grouped as ``layout`` says."""
+        x = self._residual(x, layout, self._attn_branch)
+        return self._residual(x, layout, self._ffn_branch)
 
-    def _residual(self, groups: list[Tensor], branch: Branch) -> list[Tensor]:
+    def _residual(self, x: Tensor, layout: Layout, branch: Branch) -> Tensor:
         rate = self.drop_path if self.training else 0.0
         if rate <= 0.0:
-            return [x + b for x, b in zip(groups, branch(groups), strict=True)]
+            return x + branch(x, layout)
         if self.efficient_drop_path:
-            return drop_add_residual(groups, branch, rate)
-        return [x + b * _keep_mask(x, rate) for x, b in zip(groups, branch(groups), strict=True)]
+            return drop_add_residual(x, layout, branch, rate)
+        return x + branch(x, layout) * _keep_scale(x, layout, rate)
 
 
-def _keep_mask(x: Tensor, rate: float) -> Tensor:
-    keep = torch.rand(x.shape[0], 1, 1, device=x.device, dtype=x.dtype) >= rate
-    return keep.to(x.dtype) / (1.0 - rate)
-
-
-def drop_add_residual(groups: list[Tensor], branch: Branch, rate: float) -> list[Tensor]:
-    """``x + branch(x)`` for a random ``1 - rate`` share of each group's samples, rescaled."""
-    kept = [torch.randperm(x.shape[0], device=x.device)[: max(int(x.shape[0] * (1 - rate)), 1)]
-            for x in groups]  # fmt: skip
-    residuals = branch([x[idx] for x, idx in zip(groups, kept, strict=True)])
-    return [
-        torch.index_add(x, 0, idx, r.to(x.dtype), alpha=x.shape[0] / len(idx))
-        for x, idx, r in zip(groups, kept, residuals, strict=True)
+def _keep_scale(x: Tensor, layout: Layout, rate: float) -> Tensor:
+    """Per-token 0 or 1 / (1 - rate), drawn per image (the plain stochastic depth)."""
+    scales = [
+        (torch.rand(n, 1, device=x.device) >= rate).to(x.dtype).expand(n, length).flatten()
+        for n, length in layout.shapes
     ]
+    return (torch.cat(scales) / (1.0 - rate)).unsqueeze(1)
+
+
+def drop_add_residual(x: Tensor, layout: Layout, branch: Branch, rate: float) -> Tensor:
+    """``x + branch(x)`` for a random ``1 - rate`` share of each group's images, rescaled."""
+    keep = [
+        torch.randperm(n, device=x.device)[: max(int(n * (1 - rate)), 1)] for n, _ in layout.shapes
+    ]
+    rows, kept_layout = layout.sample_rows(keep)
+    residual = branch(x[rows], kept_layout)
+    scale = torch.cat(
+        [
+            torch.full((len(idx) * length,), n / len(idx), device=x.device, dtype=x.dtype)
+            for idx, (n, length) in zip(keep, layout.shapes, strict=True)
+        ]
+    )
+    return torch.index_add(x, 0, rows, residual * scale.unsqueeze(1))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.layers import Block, LayerScale, PatchEmbed
+from training.layers.packing import Layout
 
 
 @dataclass(frozen=True)
@@ -144,18 +145,21 @@ class VisionTransformer(nn.Module):
             return self.forward_features([x], [masks])[0]
         masks = masks if masks is not None else [None] * len(x)
         groups = [self.prepare_tokens(xi, mi) for xi, mi in zip(x, masks, strict=True)]
+        layout = Layout.of(groups)
+        tokens = layout.pack(groups) if len(groups) > 1 else groups[0].flatten(0, 1)
         for block in self.blocks:
-            groups = block(groups)
+            tokens = block(tokens, layout)
         r = 1 + self.num_register_tokens
         outputs = []
-        for tokens, mask in zip(groups, masks, strict=True):
-            normed = self.norm(tokens)
+        for prenorm, normed, mask in zip(
+            layout.unpack(tokens), layout.unpack(self.norm(tokens)), masks, strict=True
+        ):
             outputs.append(
                 {
                     "x_norm_clstoken": normed[:, 0],
                     "x_norm_regtokens": normed[:, 1:r],
                     "x_norm_patchtokens": normed[:, r:],
-                    "x_prenorm": tokens,
+                    "x_prenorm": prenorm,
                     "masks": mask,
                 }
             )

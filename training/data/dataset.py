@@ -1,0 +1,111 @@
+"""Images listed in a manifest, decoded for training; bad images are skipped and counted.
+
+A row locates its image either by ``path`` (an image file) or as a sample of a tar shard:
+``tar`` (a shard path) and ``key``, or, for crawl pool manifests, ``shard`` and ``key``
+with the shards in ``<crawl dir>/shards/``. Rows of a pool manifest whose status is not
+``ok`` have no image and are left out when the manifest is read.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from manifests.errors import ManifestError
+from manifests.image_shards import ImageShardReader, tar_shard_path
+from manifests.parquet_io import manifest_files
+
+log = logging.getLogger(__name__)
+
+
+def read_image_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """``[{"id", "source", "key"}]`` for every usable row of the manifests, in order."""
+    rows: list[dict[str, Any]] = []
+    for file in manifest_files(paths):
+        table = pq.read_table(file)
+        if "status" in table.column_names:
+            table = table.filter(pc.equal(table.column("status"), "ok"))
+        names = set(table.column_names)
+        ids = table.column("id").to_pylist() if "id" in names else [None] * table.num_rows
+        if "path" in names:
+            sources = [(str(_resolve(file, p)), None) for p in table.column("path").to_pylist()]
+        elif {"tar", "key"} <= names:
+            tars = table.column("tar").to_pylist()
+            sources = [
+                (str(_resolve(file, t)), k)
+                for t, k in zip(tars, table.column("key").to_pylist(), strict=True)
+            ]
+        elif {"shard", "key"} <= names:
+            shards_dir = file.parent.parent.parent / "shards"  # <crawl>/manifest/pool/X.parquet
+            sources = [
+                (str(tar_shard_path(shards_dir, s)), k)
+                for s, k in zip(
+                    table.column("shard").to_pylist(), table.column("key").to_pylist(), strict=True
+                )
+            ]
+        else:
+            raise ManifestError(
+                f"{file}: no image location; expected a 'path' column, or 'tar' and 'key', "
+                f"or 'shard' and 'key' (found {sorted(names)})"
+            )
+        for i, (source, key) in enumerate(sources):
+            rows.append(
+                {
+                    "id": ids[i] if ids[i] is not None else f"{file.name}:{i}",
+                    "source": source,
+                    "key": key,
+                }
+            )
+    return rows
+
+
+def _resolve(manifest: Path, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else manifest.parent / p
+
+
+class ManifestImageDataset(Dataset):
+    """Decoded RGB images (3, H, W) in [0, 1], passed through ``transform``.
+
+    An image that is missing or cannot be decoded yields ``None`` (and a warning naming
+    it); the collate function drops it and counts it, so one bad file never ends a run.
+    """
+
+    def __init__(self, paths: list[str | Path], transform: Callable | None = None) -> None:
+        self.rows = read_image_rows(paths)
+        if not self.rows:
+            raise ManifestError(f"{[str(p) for p in paths]}: no usable image rows")
+        self.transform = transform
+        self._readers: dict[str, ImageShardReader] = {}  # per worker process
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _bytes(self, row: dict[str, Any]) -> bytes:
+        if row["key"] is None:
+            return Path(row["source"]).read_bytes()
+        reader = self._readers.get(row["source"])
+        if reader is None:
+            reader = self._readers[row["source"]] = ImageShardReader(row["source"])
+        return reader.read(row["key"])
+
+    def __getitem__(self, index: int) -> Any:
+        row = self.rows[index]
+        try:
+            with Image.open(io.BytesIO(self._bytes(row))) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except Exception as exc:  # noqa: BLE001 - any bad image is skipped, never fatal
+            log.warning("skipping image %s (%s): %s", row["id"], row["source"], exc)
+            return None
+        tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
+        return self.transform(tensor) if self.transform else tensor

@@ -13,7 +13,7 @@ import sys
 from curation.crawl.config import CrawlConfig
 from curation.crawl.crawler import CrawlSummary, ResumeMismatchError, run_crawl
 from curation.crawl.inputs import InputError
-from pipelines.config import ConfigError, load_config
+from manifests.config import ConfigError, load_config
 
 # flag -> config key; each flag is a shorthand for --set KEY=VALUE
 _FLAG_KEYS = {

@@ -9,10 +9,10 @@ import pyarrow.compute as pc
 import pytest
 
 from curation.crawl.config import CrawlConfig
+from manifests.config import ConfigError, load_config
 from manifests.parquet_io import read_manifest
 from manifests.schemas import POOL
 from pipelines import crawl as cli
-from pipelines.config import ConfigError, load_config
 from pipelines.demo import run_demo
 
 

@@ -1,4 +1,8 @@
-"""Dataclass configs from YAML files and ``dotted.key=value`` overrides, with clear errors."""
+"""Dataclass configs from YAML files and ``dotted.key=value`` overrides, with clear errors.
+
+Every stage and the trainer configure themselves through this module; the configs they
+ran with are stamped into the manifests they write.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +58,14 @@ def _check_type(value: Any, kind: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a list, found {value!r}")
         (item,) = typing.get_args(kind) or (Any,)
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        items = typing.get_args(kind)
+        if not isinstance(value, list | tuple) or len(value) != len(items):
+            raise ConfigError(f"{where}: expected {len(items)} values, found {value!r}")
+        return tuple(
+            _check_type(v, t, f"{where}[{i}]")
+            for i, (v, t) in enumerate(zip(value, items, strict=True))
+        )
     if kind is Any:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):

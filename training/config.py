@@ -1,0 +1,52 @@
+"""The training recipe as dataclasses; YAML files in ``configs/train/`` set them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from training.data.augmentations import MultiCropConfig
+from training.ssl_meta_arch import SSLConfig
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 4e-3  # per 1024 images; scaled by sqrt(global batch / 1024)
+    min_lr: float = 1e-6
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    layer_decay: float = 0.9
+    patch_embed_lr_mult: float = 0.2
+    clip_grad: float = 3.0
+    warmup_epochs: int = 10
+    freeze_last_layer_epochs: int = 1
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class TeacherConfig:
+    momentum: float = 0.992
+    final_momentum: float = 1.0
+    temp: float = 0.07
+    warmup_temp: float = 0.04
+    warmup_temp_epochs: int = 30
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 64  # per rank
+    num_workers: int = 8
+    mask_probability: float = 0.5
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+
+
+@dataclass
+class TrainConfig:
+    model: SSLConfig = field(default_factory=SSLConfig)
+    crops: MultiCropConfig = field(default_factory=MultiCropConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 100
+    iters_per_epoch: int = 1250  # the recipe's "epoch" is a fixed number of iterations
+    seed: int = 0
+    log_every: int = 10

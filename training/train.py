@@ -1,0 +1,197 @@
+"""Train DINOv2 from a manifest: ``python -m training.train --config CONFIG --manifest PATH
+--output-dir DIR [key=value ...]``.
+
+A plain loop: schedules looked up per iteration, one student/teacher step, gradient
+clipping, AdamW, EMA teacher update, JSON-lines metrics. A non-finite loss stops the run
+with a message naming the iteration and the loss terms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from manifests.config import ConfigError, load_config
+from manifests.errors import ManifestError
+from training.config import TrainConfig
+from training.data.augmentations import MultiCropAugmentation
+from training.data.collate import MultiCropCollate
+from training.data.dataset import ManifestImageDataset
+from training.schedules import (
+    cosine_schedule,
+    linear_warmup_then_constant,
+    param_groups,
+    scaled_lr,
+)
+from training.ssl_meta_arch import SSLMetaArch
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training cannot continue from this state."""
+
+
+@dataclass
+class Schedules:
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    momentum: np.ndarray
+    teacher_temp: np.ndarray
+    freeze_last_layer_iters: int
+
+    @classmethod
+    def build(cls, config: TrainConfig, global_batch: int) -> Schedules:
+        total, per_epoch = config.epochs * config.iters_per_epoch, config.iters_per_epoch
+        o, t = config.optim, config.teacher
+        return cls(
+            lr=cosine_schedule(scaled_lr(o.base_lr, global_batch), o.min_lr, total,
+                               warmup_iters=o.warmup_epochs * per_epoch),
+            weight_decay=cosine_schedule(o.weight_decay, o.weight_decay_end, total),
+            momentum=cosine_schedule(t.momentum, t.final_momentum, total),
+            teacher_temp=linear_warmup_then_constant(t.warmup_temp, t.temp,
+                                                     t.warmup_temp_epochs * per_epoch, total),
+            freeze_last_layer_iters=o.freeze_last_layer_epochs * per_epoch,
+        )  # fmt: skip
+
+    def at(self, it: int) -> dict[str, float]:
+        return {
+            "lr": float(self.lr[it]),
+            "weight_decay": float(self.weight_decay[it]),
+            "momentum": float(self.momentum[it]),
+            "teacher_temp": float(self.teacher_temp[it]),
+        }
+
+    def apply(self, optimizer: torch.optim.Optimizer, it: int) -> None:
+        for group in optimizer.param_groups:
+            frozen = group["is_last_layer"] and it < self.freeze_last_layer_iters
+            group["lr"] = 0.0 if frozen else self.lr[it] * group["lr_multiplier"]
+            group["weight_decay"] = self.weight_decay[it] * group["wd_multiplier"]
+
+
+def _batches(loader: DataLoader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def build_loader(config: TrainConfig, manifests: list[str], rank: int = 0) -> DataLoader:
+    dataset = ManifestImageDataset(manifests, MultiCropAugmentation(config.crops))
+    grid = config.crops.global_size // config.model.patch_size
+    collate = MultiCropCollate((grid, grid), config.data.mask_probability, config.data.mask_ratio)
+    return DataLoader(
+        dataset, batch_size=config.data.batch_size, shuffle=True, drop_last=True,
+        num_workers=config.data.num_workers, collate_fn=collate,
+        generator=torch.Generator().manual_seed(config.seed * 1000 + rank),
+        persistent_workers=config.data.num_workers > 0,
+    )  # fmt: skip
+
+
+def train_step(
+    model: SSLMetaArch,
+    optimizer: torch.optim.Optimizer,
+    batch: dict,
+    schedules: Schedules,
+    it: int,
+    clip_grad: float,
+) -> dict[str, torch.Tensor]:
+    """One iteration: schedules, losses, backward, clipping, AdamW, EMA teacher."""
+    schedules.apply(optimizer, it)
+    terms = model(batch, teacher_temp=float(schedules.teacher_temp[it]))
+    _check_finite(terms, it)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.student.parameters(), clip_grad)
+    optimizer.step()
+    model.update_teacher(float(schedules.momentum[it]))
+    return terms
+
+
+def build_model(config: TrainConfig) -> tuple[SSLMetaArch, torch.optim.Optimizer]:
+    torch.manual_seed(config.seed)
+    model = SSLMetaArch(config.model).train()
+    depth = len(model.student["backbone"].blocks)
+    o = config.optim
+    groups = param_groups(model.student, depth, o.layer_decay, o.patch_embed_lr_mult)
+    return model, torch.optim.AdamW(groups, betas=o.betas)
+
+
+def train(
+    config: TrainConfig, manifests: list[str], output_dir: str | Path, progress: bool = True
+) -> dict:
+    """Run the whole schedule; returns the last logged metrics."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    model, optimizer = build_model(config)
+    schedules = Schedules.build(config, global_batch=config.data.batch_size)
+    batches = _batches(build_loader(config, manifests))
+    total = config.epochs * config.iters_per_epoch
+    metrics: dict = {}
+    skipped, seen, started = 0, 0, time.perf_counter()
+    bar = tqdm(total=total, disable=not progress, desc="train")
+    with open(out / "metrics.jsonl", "a") as metrics_file, bar:
+        for it in range(total):
+            batch = next(batches)
+            skipped += batch["skipped"]
+            if not batch["size"]:
+                continue
+            terms = train_step(model, optimizer, batch, schedules, it, config.optim.clip_grad)
+            seen += batch["size"]
+            bar.update(1)
+            if (it + 1) % config.log_every == 0 or it + 1 == total:
+                metrics = {
+                    "iteration": it + 1,
+                    **{k: round(float(v.detach()), 5) for k, v in terms.items()},
+                    **schedules.at(it),
+                    "images_per_s": round(seen / (time.perf_counter() - started), 2),
+                    "skipped_images": skipped,
+                }
+                metrics_file.write(json.dumps(metrics) + "\n")
+                metrics_file.flush()
+                bar.set_postfix(loss=metrics["loss"], img_s=metrics["images_per_s"])
+    torch.save(model.teacher["backbone"].state_dict(), out / "teacher_backbone.pth")
+    return metrics
+
+
+def _check_finite(terms: dict[str, torch.Tensor], it: int) -> None:
+    loss = float(terms["loss"].detach())
+    if not math.isfinite(loss):
+        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        raise NonFiniteLossError(f"iteration {it}: loss is {loss} ({detail}); stopping")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, metavar="YAML")
+    p.add_argument("--manifest", required=True, nargs="+", metavar="PATH")
+    p.add_argument("--output-dir", required=True, metavar="DIR")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(TrainConfig, args.config, args.overrides)
+        metrics = train(config, args.manifest, args.output_dir, progress=not args.no_progress)
+    except (ConfigError, ManifestError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

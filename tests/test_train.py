@@ -56,3 +56,12 @@ def test_non_finite_loss_stops_with_a_clear_message(manifest, tmp_path, monkeypa
     monkeypatch.setattr(trainer.SSLMetaArch, "forward", poisoned)
     with pytest.raises(trainer.NonFiniteLossError, match=r"iteration 0: loss is nan \(dino_loss="):
         trainer.train(config, [str(manifest)], tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("name", ["vits14", "vitb14", "vitl14", "vitg14", "tiny_cpu"])
+def test_shipped_recipes_load(name):
+    config = load_config(TrainConfig, f"configs/train/{name}.yaml")
+    assert config.model.patch_size == 14 and config.optim.clip_grad == 3.0
+    if name in ("vitl14", "vitg14"):
+        assert config.model.centering == "sinkhorn_knopp" and config.teacher.momentum == 0.994
+        assert config.model.head_prototypes == config.model.ibot_prototypes == 131072

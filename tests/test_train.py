@@ -65,3 +65,35 @@ def test_shipped_recipes_load(name):
     if name in ("vitl14", "vitg14"):
         assert config.model.centering == "sinkhorn_knopp" and config.teacher.momentum == 0.994
         assert config.model.head_prototypes == config.model.ibot_prototypes == 131072
+
+
+def _losses(run_dir) -> dict[int, float]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {m["iteration"]: m["loss"] for m in lines}
+
+
+def test_killed_run_resumes_on_the_same_loss_curve(manifest, tmp_path, monkeypatch):
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml",
+                         OVERRIDES + ["iters_per_epoch=6", "checkpoint_every=3"])  # fmt: skip
+    trainer.train(config, [str(manifest)], tmp_path / "straight", progress=False)
+
+    real_step, calls = trainer.train_step, []
+
+    def dies_at_iteration_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", dies_at_iteration_4)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config, [str(manifest)], tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    (tmp_path / "resumed" / "checkpoints" / "step_0000005.tmp").mkdir()  # a save killed midway
+    trainer.train(config, [str(manifest)], tmp_path / "resumed", progress=False)
+
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    for it in (4, 5, 6):
+        assert resumed[it] == pytest.approx(straight[it], rel=1e-5), it
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3, 4, 4, 5, 6]

@@ -50,3 +50,4 @@ class TrainConfig:
     iters_per_epoch: int = 1250  # the recipe's "epoch" is a fixed number of iterations
     seed: int = 0
     log_every: int = 10
+    checkpoint_every: int = 1250  # iterations; a checkpoint is also written at the end

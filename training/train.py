@@ -2,8 +2,10 @@
 --output-dir DIR [key=value ...]``.
 
 A plain loop: schedules looked up per iteration, one student/teacher step, gradient
-clipping, AdamW, EMA teacher update, JSON-lines metrics. A non-finite loss stops the run
-with a message naming the iteration and the loss terms.
+clipping, AdamW, EMA teacher update, JSON-lines metrics, DCP checkpoints. Rerunning the
+same command resumes from the latest complete checkpoint and continues the loss curve
+exactly. A non-finite loss stops the run with a message naming the iteration and the
+loss terms; the last checkpoint stays as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from tqdm import tqdm
 
 from manifests.config import ConfigError, load_config
 from manifests.errors import ManifestError
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data.augmentations import MultiCropAugmentation
 from training.data.collate import MultiCropCollate
 from training.data.dataset import ManifestImageDataset
+from training.data.stream import StreamBatchSampler
 from training.schedules import (
     cosine_schedule,
     linear_warmup_then_constant,
@@ -81,19 +84,18 @@ class Schedules:
             group["weight_decay"] = self.weight_decay[it] * group["wd_multiplier"]
 
 
-def _batches(loader: DataLoader) -> Iterator[dict]:
-    while True:
-        yield from loader
-
-
-def build_loader(config: TrainConfig, manifests: list[str], rank: int = 0) -> DataLoader:
+def build_loader(
+    config: TrainConfig, manifests: list[str], start_batch: int = 0, rank: int = 0, world: int = 1
+) -> DataLoader:
+    """Batches from ``start_batch`` on; each is a function of its index (exact resume)."""
     dataset = ManifestImageDataset(manifests, MultiCropAugmentation(config.crops))
     grid = config.crops.global_size // config.model.patch_size
     collate = MultiCropCollate((grid, grid), config.data.mask_probability, config.data.mask_ratio)
+    sampler = StreamBatchSampler(
+        len(dataset), config.data.batch_size, config.seed, rank, world, start_batch
+    )
     return DataLoader(
-        dataset, batch_size=config.data.batch_size, shuffle=True, drop_last=True,
-        num_workers=config.data.num_workers, collate_fn=collate,
-        generator=torch.Generator().manual_seed(config.seed * 1000 + rank),
+        dataset, batch_sampler=sampler, num_workers=config.data.num_workers, collate_fn=collate,
         persistent_workers=config.data.num_workers > 0,
     )  # fmt: skip
 
@@ -136,13 +138,18 @@ def train(
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     model, optimizer = build_model(config)
     schedules = Schedules.build(config, global_batch=config.data.batch_size)
-    batches = _batches(build_loader(config, manifests))
+    checkpoints = out / "checkpoints"
+    found = latest_checkpoint(checkpoints)
+    start = load_checkpoint(found, model, optimizer) if found else 0
+    if found:
+        log.info("resuming from %s at iteration %d", found, start)
+    batches = iter(build_loader(config, manifests, start_batch=start))
     total = config.epochs * config.iters_per_epoch
     metrics: dict = {}
     skipped, seen, started = 0, 0, time.perf_counter()
-    bar = tqdm(total=total, disable=not progress, desc="train")
+    bar = tqdm(total=total, initial=start, disable=not progress, desc="train")
     with open(out / "metrics.jsonl", "a") as metrics_file, bar:
-        for it in range(total):
+        for it in range(start, total):
             batch = next(batches)
             skipped += batch["skipped"]
             if not batch["size"]:
@@ -161,6 +168,8 @@ def train(
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
                 bar.set_postfix(loss=metrics["loss"], img_s=metrics["images_per_s"])
+            if (it + 1) % config.checkpoint_every == 0 or it + 1 == total:
+                save_checkpoint(checkpoints, model, optimizer, it + 1)
     torch.save(model.teacher["backbone"].state_dict(), out / "teacher_backbone.pth")
     return metrics
 

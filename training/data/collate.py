@@ -14,8 +14,8 @@ class MultiCropCollate:
     """Stack ``{"global_crops", "local_crops"}`` samples; ``None`` samples are counted.
 
     Global crops come out as (2B, 3, S, S): every image's first crop, then every image's
-    second crop, the order the losses expect. The mask RNG is seeded from the worker's
-    torch seed, so batches are reproducible for a given DataLoader generator.
+    second crop, the order the losses expect. The mask RNG is seeded from the batch's
+    first sample seed (stream batches) or from the worker's torch seed.
     """
 
     def __init__(
@@ -30,7 +30,9 @@ class MultiCropCollate:
         self._rng: random.Random | None = None
         self._seed: int | None = None
 
-    def _random(self) -> random.Random:
+    def _random(self, samples: list[dict]) -> random.Random:
+        if "seed" in samples[0]:  # a stream batch: masks are a function of the batch
+            return random.Random(samples[0]["seed"])
         seed = torch.initial_seed()  # differs per DataLoader worker
         if self._rng is None or seed != self._seed:
             self._rng, self._seed = random.Random(seed), seed
@@ -51,7 +53,7 @@ class MultiCropCollate:
         batch["masks"] = batch_masks(
             n_global * len(good),
             self.generator,
-            self._random(),
+            self._random(good),
             self.mask_probability,
             self.ratio_range,
         ).flatten(1)

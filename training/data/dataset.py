@@ -99,7 +99,9 @@ class ManifestImageDataset(Dataset):
             reader = self._readers[row["source"]] = ImageShardReader(row["source"])
         return reader.read(row["key"])
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, item: int | tuple[int, int]) -> Any:
+        """``item`` is an index, or ``(index, seed)``: the seed fixes the augmentation."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
         row = self.rows[index]
         try:
             with Image.open(io.BytesIO(self._bytes(row))) as image:
@@ -108,4 +110,11 @@ class ManifestImageDataset(Dataset):
             log.warning("skipping image %s (%s): %s", row["id"], row["source"], exc)
             return None
         tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
-        return self.transform(tensor) if self.transform else tensor
+        if self.transform is None:
+            return tensor
+        if seed is not None:
+            torch.manual_seed(seed)
+        sample = self.transform(tensor)
+        if seed is not None and isinstance(sample, dict):
+            sample["seed"] = seed
+        return sample

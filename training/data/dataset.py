@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def read_image_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """``[{"id", "source", "key"}]`` for every usable row of the manifests, in order."""
+    """``[{"id", "source", "key", "label"}]`` for every usable row of the manifests, in order."""
     rows: list[dict[str, Any]] = []
     for file in manifest_files(paths):
         table = pq.read_table(file)
@@ -58,12 +58,14 @@ def read_image_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
                 f"{file}: no image location; expected a 'path' column, or 'tar' and 'key', "
                 f"or 'shard' and 'key' (found {sorted(names)})"
             )
+        labels = table.column("label").to_pylist() if "label" in names else [None] * len(sources)
         for i, (source, key) in enumerate(sources):
             rows.append(
                 {
                     "id": ids[i] if ids[i] is not None else f"{file.name}:{i}",
                     "source": source,
                     "key": key,
+                    "label": labels[i],
                 }
             )
     return rows

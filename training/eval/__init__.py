@@ -1,0 +1,1 @@
+"""Evaluation of frozen backbones: k-NN (and, later, linear probes)."""

@@ -1,0 +1,137 @@
+"""k-NN classification on frozen features, the DINOv2 protocol:
+``python -m training.eval.knn --checkpoint RUN_DIR|WEIGHTS.pth --train-manifest PATH
+--val-manifest PATH``.
+
+Features are the teacher's L2-normalized CLS tokens of center crops; each validation
+image takes the k most similar training images (cosine), whose votes are weighted by
+exp(similarity / T), T = 0.07; top-1 accuracy is reported for k in 10, 20, 100, 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from manifests.config import ConfigError, from_dict
+from manifests.errors import ManifestError
+from training.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
+from training.data.dataset import ManifestImageDataset
+from training.models import VisionTransformer, build_vit
+from training.ssl_meta_arch import SSLConfig
+
+KS = (10, 20, 100, 200)
+
+
+def knn_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_features: torch.Tensor,
+    val_labels: torch.Tensor,
+    ks: tuple[int, ...] = KS,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> dict[int, float]:
+    """Top-1 accuracy (%) of the exp(sim / T)-weighted k-NN vote per k (k capped at the train
+    size)."""
+    train = F.normalize(train_features.float(), dim=1)
+    n_classes = int(max(train_labels.max(), val_labels.max())) + 1
+    k_max = min(max(ks), len(train))
+    correct = dict.fromkeys(ks, 0)
+    for start in range(0, len(val_features), chunk):
+        val = F.normalize(val_features[start : start + chunk].float(), dim=1)
+        sims, idx = (val @ train.t()).topk(k_max, dim=1)
+        weights = (sims / temperature).exp()
+        one_hot = F.one_hot(train_labels[idx], n_classes).float()  # (b, k, C)
+        truth = val_labels[start : start + chunk]
+        for k in ks:
+            kk = min(k, k_max)
+            votes = (one_hot[:, :kk] * weights[:, :kk, None]).sum(1)
+            correct[k] += int((votes.argmax(1) == truth).sum())
+    return {k: 100.0 * correct[k] / len(val_features) for k in ks}
+
+
+def center_crop_transform(size: int):
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+
+    def transform(image: torch.Tensor) -> torch.Tensor:
+        resize = round(size * 256 / 224)  # shorter side, then a centered square
+        h, w = image.shape[1:]
+        scale = resize / min(h, w)
+        target = (max(size, round(h * scale)), max(size, round(w * scale)))
+        image = F.interpolate(image[None], size=target, mode="bicubic", antialias=True)
+        image = image[0].clamp(0, 1)
+        top, left = (image.shape[1] - size) // 2, (image.shape[2] - size) // 2
+        return (image[:, top : top + size, left : left + size] - mean) / std
+
+    return transform
+
+
+@torch.no_grad()
+def extract(model: VisionTransformer, manifest: list[str], size: int, batch: int, workers: int):
+    dataset = ManifestImageDataset(manifest, center_crop_transform(size))
+    labels = [row["label"] for row in dataset.rows]
+    if any(label is None for label in labels):
+        raise ManifestError(f"{manifest}: k-NN needs a 'label' column on every row")
+    loader = DataLoader(range(len(dataset)), batch_size=batch, num_workers=workers,
+                        collate_fn=lambda idx: [(i, dataset[i]) for i in idx])  # fmt: skip
+    features, kept = [], []
+    for items in loader:
+        good = [(i, x) for i, x in items if x is not None]
+        features.append(model(torch.stack([x for _, x in good])))
+        kept += [labels[i] for i, _ in good]
+    return torch.cat(features), torch.tensor(kept, dtype=torch.long)
+
+
+def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> VisionTransformer:
+    """Our run directory (config.json + teacher_backbone.pth) or an official .pth file."""
+    if checkpoint.is_dir():
+        config = json.loads((checkpoint / "config.json").read_text())
+        ssl = from_dict(SSLConfig, config["model"], f"{checkpoint}/config.json:model")
+        model = build_vit(ssl.arch, ssl.patch_size, img_size=ssl.img_size,
+                          num_register_tokens=ssl.num_register_tokens)  # fmt: skip
+        weights = checkpoint / "teacher_backbone.pth"
+    else:
+        if arch is None:
+            raise ConfigError(f"{checkpoint}: a weights file needs --arch (e.g. vit_small)")
+        model, weights = build_vit(arch, patch_size), checkpoint
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: no backbone weights (expected a state dict .pth)")
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m training.eval.knn", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--train-manifest", required=True, nargs="+")
+    p.add_argument("--val-manifest", required=True, nargs="+")
+    p.add_argument("--arch", help="for a bare weights file: vit_small, vit_base, ...")
+    p.add_argument("--patch-size", type=int, default=14)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    try:
+        model = load_backbone(args.checkpoint, args.arch, args.patch_size)
+        train = extract(model, args.train_manifest, args.image_size, args.batch_size, args.workers)
+        val = extract(model, args.val_manifest, args.image_size, args.batch_size, args.workers)
+    except (ConfigError, ManifestError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    accuracy = knn_accuracy(*train, *val)
+    print(json.dumps({"top1": {f"k={k}": round(a, 2) for k, a in accuracy.items()},
+                      "train_images": len(train[0]), "val_images": len(val[0])}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,7 +50,7 @@ def test_layer_decay_patch_embed_and_no_decay_groups():
     assert spec("backbone.blocks.3.norm1.weight").wd_multiplier == 0.0
     assert spec("backbone.blocks.3.attn.qkv.bias").wd_multiplier == 0.0
     assert spec("backbone.blocks.3.attn.qkv.weight").wd_multiplier == 1.0
-    assert spec("dino_head.last_layer.parametrizations.weight.original1").is_last_layer
+    assert spec("dino_head.last_layer.weight_v").is_last_layer
 
 
 def test_param_groups_cover_every_parameter_once():

@@ -51,3 +51,4 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 1250  # iterations; a checkpoint is also written at the end
+    mixed_precision: bool = True  # bfloat16 compute under FSDP on GPUs

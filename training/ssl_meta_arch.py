@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from training.layers.dino_head import DINOHead
 from training.loss import EMACenter, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
@@ -125,8 +126,15 @@ class SSLMetaArch(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter."""
-        teacher = list(self.teacher.parameters())
-        student = list(self.student.parameters())
+        """teacher = momentum * teacher + (1 - momentum) * student, parameter by parameter.
+
+        Under FSDP both are sharded alike, so each rank updates its local shards.
+        """
+        teacher = [_local(p) for p in self.teacher.parameters()]
+        student = [_local(p) for p in self.student.parameters()]
         torch._foreach_mul_(teacher, momentum)
         torch._foreach_add_(teacher, student, alpha=1 - momentum)
+
+
+def _local(t: Tensor) -> Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t

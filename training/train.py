@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -32,6 +34,7 @@ from training.data.augmentations import MultiCropAugmentation
 from training.data.collate import MultiCropCollate
 from training.data.dataset import ManifestImageDataset
 from training.data.stream import StreamBatchSampler
+from training.distributed import Dist, init_distributed, shard
 from training.schedules import (
     cosine_schedule,
     linear_warmup_then_constant,
@@ -120,9 +123,11 @@ def train_step(
     return terms
 
 
-def build_model(config: TrainConfig) -> tuple[SSLMetaArch, torch.optim.Optimizer]:
+def build_model(config: TrainConfig, d: Dist) -> tuple[SSLMetaArch, torch.optim.Optimizer]:
     torch.manual_seed(config.seed)
-    model = SSLMetaArch(config.model).train()
+    model = SSLMetaArch(config.model).to(d.device).train()
+    if d.world_size > 1:
+        shard(model, mixed_precision=config.mixed_precision and d.device.type == "cuda")
     depth = len(model.student["backbone"].blocks)
     o = config.optim
     groups = param_groups(model.student, depth, o.layer_decay, o.patch_embed_lr_mult)
@@ -132,30 +137,49 @@ def build_model(config: TrainConfig) -> tuple[SSLMetaArch, torch.optim.Optimizer
 def train(
     config: TrainConfig, manifests: list[str], output_dir: str | Path, progress: bool = True
 ) -> dict:
-    """Run the whole schedule; returns the last logged metrics."""
+    """Run the whole schedule (resuming if a checkpoint exists); returns the last metrics."""
+    d = init_distributed()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
-    model, optimizer = build_model(config)
-    schedules = Schedules.build(config, global_batch=config.data.batch_size)
+    if d.is_main:
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    model, optimizer = build_model(config, d)
+    schedules = Schedules.build(config, global_batch=config.data.batch_size * d.world_size)
     checkpoints = out / "checkpoints"
     found = latest_checkpoint(checkpoints)
     start = load_checkpoint(found, model, optimizer) if found else 0
     if found:
         log.info("resuming from %s at iteration %d", found, start)
-    batches = iter(build_loader(config, manifests, start_batch=start))
+    loader = build_loader(config, manifests, start, d.rank, d.world_size)
     total = config.epochs * config.iters_per_epoch
+    metrics = _run(config, model, optimizer, schedules, iter(loader), range(start, total), out, d,
+                   progress)  # fmt: skip
+    weights = get_model_state_dict(
+        model.teacher["backbone"], options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if d.is_main:
+        torch.save(weights, out / "teacher_backbone.pth")
+    return metrics
+
+
+def _run(config, model, optimizer, schedules, batches, iterations, out, d, progress) -> dict:
     metrics: dict = {}
     skipped, seen, started = 0, 0, time.perf_counter()
-    bar = tqdm(total=total, initial=start, disable=not progress, desc="train")
-    with open(out / "metrics.jsonl", "a") as metrics_file, bar:
-        for it in range(start, total):
+    total = iterations.stop
+    bar = tqdm(total=total, initial=iterations.start, disable=not (progress and d.is_main),
+               desc="train")  # fmt: skip
+    with (
+        open(out / f"metrics.rank{d.rank}.jsonl" if d.rank else out / "metrics.jsonl", "a") as f,
+        bar,
+    ):
+        for it in iterations:
             batch = next(batches)
             skipped += batch["skipped"]
             if not batch["size"]:
                 continue
+            batch = {k: v.to(d.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             terms = train_step(model, optimizer, batch, schedules, it, config.optim.clip_grad)
-            seen += batch["size"]
+            seen += batch["size"] * d.world_size
             bar.update(1)
             if (it + 1) % config.log_every == 0 or it + 1 == total:
                 metrics = {
@@ -165,17 +189,19 @@ def train(
                     "images_per_s": round(seen / (time.perf_counter() - started), 2),
                     "skipped_images": skipped,
                 }
-                metrics_file.write(json.dumps(metrics) + "\n")
-                metrics_file.flush()
+                f.write(json.dumps(metrics) + "\n")
+                f.flush()
                 bar.set_postfix(loss=metrics["loss"], img_s=metrics["images_per_s"])
             if (it + 1) % config.checkpoint_every == 0 or it + 1 == total:
-                save_checkpoint(checkpoints, model, optimizer, it + 1)
-    torch.save(model.teacher["backbone"].state_dict(), out / "teacher_backbone.pth")
+                save_checkpoint(out / "checkpoints", model, optimizer, it + 1)
     return metrics
 
 
 def _check_finite(terms: dict[str, torch.Tensor], it: int) -> None:
-    loss = float(terms["loss"].detach())
+    loss = terms["loss"].detach().clone()
+    if dist.is_initialized():  # every rank must stop together
+        dist.all_reduce(loss)
+    loss = float(loss)
     if not math.isfinite(loss):
         detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         raise NonFiniteLossError(f"iteration {it}: loss is {loss} ({detail}); stopping")

@@ -19,6 +19,8 @@ from typing import Any
 from manifests.atomic import commit, temporary_path
 from manifests.errors import ManifestError
 
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
 
 def tar_shard_path(root: str | os.PathLike, index: int) -> Path:
     return Path(root) / f"{index:05d}.tar"
@@ -144,6 +146,13 @@ class ImageShardReader:
             self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for repeated reads
         self._file.seek(offset)
         return self._file.read(size)
+
+    def read_image(self, key: str) -> bytes:
+        """The image of sample ``key``, whatever its extension (jpg, jpeg, png, webp)."""
+        for ext in IMAGE_EXTENSIONS:
+            if f"{key}.{ext}" in self._index:
+                return self.read(key, ext)
+        raise KeyError(f"{self.path}: no image member for key {key}")
 
     def meta(self, key: str) -> dict[str, Any]:
         return json.loads(self.read(key, "json"))

@@ -127,3 +127,14 @@ def test_ustar_limits_are_refused():
         ustar_header("c" * 101, 1)
     with pytest.raises(ValueError, match="8 GiB"):
         ustar_header("big.jpg", 8**11)
+
+
+def test_images_are_found_whatever_their_extension(tmp_path):
+    path = tmp_path / "00000.tar"
+    with ImageShardWriter(path) as w:
+        w.add("a", b"png-bytes", {}, ext="png")
+        w.add("b", b"jpg-bytes", {})
+    with ImageShardReader(path) as reader:
+        assert reader.read_image("a") == b"png-bytes" and reader.read_image("b") == b"jpg-bytes"
+        with pytest.raises(KeyError, match="no image member for key c"):
+            reader.read_image("c")

@@ -52,3 +52,4 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 1250  # iterations; a checkpoint is also written at the end
     mixed_precision: bool = True  # bfloat16 compute under FSDP on GPUs
+    time_budget_s: float = 0.0  # stop (with a checkpoint) once this much time has run; 0: none

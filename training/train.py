@@ -192,9 +192,23 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
                 f.write(json.dumps(metrics) + "\n")
                 f.flush()
                 bar.set_postfix(loss=metrics["loss"], img_s=metrics["images_per_s"])
-            if (it + 1) % config.checkpoint_every == 0 or it + 1 == total:
+            out_of_time = _budget_spent(config, started)
+            if (it + 1) % config.checkpoint_every == 0 or it + 1 == total or out_of_time:
                 save_checkpoint(out / "checkpoints", model, optimizer, it + 1)
+            if out_of_time:
+                log.info("time budget of %.0fs spent at iteration %d", config.time_budget_s, it + 1)
+                break
     return metrics
+
+
+def _budget_spent(config: TrainConfig, started: float) -> bool:
+    """Whether the time budget is spent, as rank 0 sees it (all ranks stop together)."""
+    spent = torch.tensor(
+        float(config.time_budget_s > 0 and time.perf_counter() - started > config.time_budget_s)
+    )
+    if dist.is_initialized():
+        dist.broadcast(spent, src=0)
+    return bool(spent)
 
 
 def _check_finite(terms: dict[str, torch.Tensor], it: int) -> None:

@@ -99,7 +99,7 @@ class ManifestImageDataset(Dataset):
         reader = self._readers.get(row["source"])
         if reader is None:
             reader = self._readers[row["source"]] = ImageShardReader(row["source"])
-        return reader.read(row["key"])
+        return reader.read_image(row["key"])
 
     def __getitem__(self, item: int | tuple[int, int]) -> Any:
         """``item`` is an index, or ``(index, seed)``: the seed fixes the augmentation."""

@@ -30,6 +30,7 @@ class Architecture:
 
 
 ARCHITECTURES = {
+    "vit_tiny": Architecture(192, 12, 3),  # small-data experiments (DeiT-Ti size)
     "vit_small": Architecture(384, 12, 6),
     "vit_base": Architecture(768, 12, 12),
     "vit_large": Architecture(1024, 24, 16),

@@ -1,0 +1,151 @@
+"""Self-supervised Fashion-MNIST: train the trainer from scratch for a wall-clock budget,
+then k-NN top-1 (k = 20) of its teacher on the 10k test split against the 60k train split,
+beside raw-pixel k-NN measured in the same run. Prints JSON.
+
+The images come from Debian's ``dataset-fashion-mnist`` (installed by this script when
+missing and run as root) and are converted to labelled tar-shard manifests.
+
+    python benchmarks/ssl_fashion_mnist.py [--minutes 15] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from manifests.config import load_config
+from manifests.image_shards import ImageShardWriter
+from training.config import TrainConfig
+from training.eval.knn import extract, knn_accuracy, load_backbone
+from training.train import train
+
+DATA = Path("/usr/share/datasets/fashion-mnist")
+RECIPE = [  # a ViT-Ti/4 on 28 px crops; the rest of the recipe is the paper's
+    "model.arch=vit_tiny", "model.patch_size=4", "model.img_size=28", "model.drop_path_rate=0.1",
+    "model.head_prototypes=4096", "model.ibot_prototypes=4096", "model.head_hidden=512",
+    "model.head_bottleneck=128", "crops.global_size=28", "crops.local_size=12", "crops.n_local=6",
+    "crops.global_scale=[0.4,1.0]", "crops.local_scale=[0.1,0.4]", "optim.base_lr=0.004",
+    "optim.layer_decay=1.0", "optim.freeze_last_layer_epochs=0", "data.batch_size=128",
+    "data.num_workers=2", "log_every=20",
+]  # fmt: skip
+
+
+def _idx(name: str) -> np.ndarray:
+    with gzip.open(DATA / name) as f:
+        data = f.read()
+    offset = 16 if "images" in name else 8
+    array = np.frombuffer(data, np.uint8, offset=offset)
+    return array.reshape(-1, 28, 28) if "images" in name else array
+
+
+def ensure_dataset() -> None:
+    if DATA.is_dir():
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(f"{DATA} missing: apt-get install dataset-fashion-mnist")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True, env=env
+    )
+
+
+def write_manifest(images: np.ndarray, labels: np.ndarray, out: Path) -> Path:
+    """Tar shards of PNGs plus a Parquet manifest (tar, key, id, label)."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "manifest.parquet"
+    if manifest.exists():
+        return manifest
+    rows = {"tar": [], "key": [], "id": [], "label": []}
+    for start in range(0, len(images), 10_000):
+        tar = f"{start // 10_000:05d}.tar"
+        with ImageShardWriter(out / tar) as writer:
+            for i in range(start, min(start + 10_000, len(images))):
+                buf = io.BytesIO()
+                Image.fromarray(images[i], "L").save(buf, "PNG")
+                writer.add(f"{i:06d}", buf.getvalue(), {"label": int(labels[i])}, ext="png")
+                rows["tar"].append(tar)
+                rows["key"].append(f"{i:06d}")
+                rows["id"].append(f"{out.name}-{i}")
+                rows["label"].append(int(labels[i]))
+    pq.write_table(pa.table(rows), manifest)
+    return manifest
+
+
+def raw_pixel_knn(train, train_labels, test, test_labels) -> float:
+    flat = lambda a: torch.tensor(a.reshape(len(a), -1), dtype=torch.float32)  # noqa: E731
+    return knn_accuracy(flat(train), torch.tensor(train_labels, dtype=torch.long), flat(test),
+                        torch.tensor(test_labels, dtype=torch.long), ks=(20,))[20]  # fmt: skip
+
+
+def calibrated_iterations(
+    config: TrainConfig, manifest: Path, workdir: Path, budget_s: float
+) -> int:
+    """Iterations that fit the budget, from the speed of a short run of the same recipe."""
+    probe = load_config(
+        TrainConfig,
+        None,
+        RECIPE
+        + [
+            "epochs=1",
+            "iters_per_epoch=12",
+            "log_every=12",
+            "optim.warmup_epochs=0",
+            "teacher.warmup_temp_epochs=0",
+        ],  # fmt: skip
+    )
+    metrics = train(probe, [str(manifest)], workdir / "probe", progress=False)
+    seconds_per_iter = config.data.batch_size / metrics["images_per_s"]
+    return max(10, int(budget_s / seconds_per_iter))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=15.0)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-fmnist"))
+    args = p.parse_args()
+    ensure_dataset()
+    train_images, train_labels = (
+        _idx("train-images-idx3-ubyte.gz"),
+        _idx("train-labels-idx1-ubyte.gz"),
+    )
+    test_images, test_labels = _idx("t10k-images-idx3-ubyte.gz"), _idx("t10k-labels-idx1-ubyte.gz")
+    train_manifest = write_manifest(train_images, train_labels, args.workdir / "train")
+    test_manifest = write_manifest(test_images, test_labels, args.workdir / "test")
+    raw = raw_pixel_knn(train_images, train_labels, test_images, test_labels)
+
+    config = load_config(TrainConfig, None, RECIPE)
+    iterations = calibrated_iterations(config, train_manifest, args.workdir, args.minutes * 60)
+    config.epochs, config.iters_per_epoch = 10, max(1, iterations // 10)
+    config.optim.warmup_epochs, config.teacher.warmup_temp_epochs = 1, 3
+    config.time_budget_s, config.checkpoint_every = args.minutes * 60, 10**9
+    run = args.workdir / f"run-{int(time.time())}"
+    started = time.perf_counter()
+    metrics = train(config, [str(train_manifest)], run, progress=True)
+    trained_s = time.perf_counter() - started
+
+    backbone = load_backbone(run, None, config.model.patch_size)
+    feats = [extract(backbone, [str(m)], 28, 256, 2) for m in (train_manifest, test_manifest)]
+    ssl = knn_accuracy(*feats[0], *feats[1], ks=(20,))[20]
+    print(json.dumps({
+        "budget_minutes": args.minutes, "trained_s": round(trained_s, 1),
+        "iterations": metrics.get("iteration"), "images_per_s": metrics.get("images_per_s"),
+        "final_loss": metrics.get("loss"), "knn_top1_k20_ssl": round(ssl, 2),
+        "knn_top1_k20_raw_pixels": round(raw, 2), "gain_points": round(ssl - raw, 2),
+    }, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -32,10 +33,11 @@ from training.eval.knn import extract, knn_accuracy, load_backbone
 from training.train import train
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
-RECIPE = [  # a ViT-Ti/4 on 28 px crops; the rest of the recipe is the paper's
-    "model.arch=vit_tiny", "model.patch_size=4", "model.img_size=28", "model.drop_path_rate=0.1",
-    "model.head_prototypes=4096", "model.ibot_prototypes=4096", "model.head_hidden=512",
-    "model.head_bottleneck=128", "crops.global_size=28", "crops.local_size=12", "crops.n_local=6",
+RECIPE = [  # a 6-block ViT-Ti/7 on 28 px crops; the rest of the recipe is the paper's
+    "model.arch=vit_tiny", "model.depth=6", "model.patch_size=7", "model.img_size=28",
+    "model.drop_path_rate=0.1", "model.head_prototypes=4096", "model.ibot_prototypes=4096",
+    "model.head_hidden=512", "model.head_bottleneck=128", "crops.global_size=28",
+    "crops.local_size=14", "crops.n_local=6",
     "crops.global_scale=[0.4,1.0]", "crops.local_scale=[0.1,0.4]", "optim.base_lr=0.004",
     "optim.layer_decay=1.0", "optim.freeze_last_layer_epochs=0", "data.batch_size=128",
     "data.num_workers=2", "log_every=20",
@@ -106,6 +108,7 @@ def calibrated_iterations(
             "teacher.warmup_temp_epochs=0",
         ],  # fmt: skip
     )
+    shutil.rmtree(workdir / "probe", ignore_errors=True)  # a fresh probe, never a resume
     metrics = train(probe, [str(manifest)], workdir / "probe", progress=False)
     seconds_per_iter = config.data.batch_size / metrics["images_per_s"]
     return max(10, int(budget_s / seconds_per_iter))

@@ -70,6 +70,8 @@ def _check_type(value: Any, kind: Any, where: str) -> Any:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):
+        return _yaml11_float(value, where)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {kind.__name__}, found {value!r}")
     return value
@@ -107,3 +109,11 @@ def load_config(
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data, str(path or cls.__name__))
+
+
+def _yaml11_float(value: str, where: str) -> float:
+    """PyYAML follows YAML 1.1, which reads ``1e-9`` (no dot) as a string; accept it."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected float, found {value!r}") from None

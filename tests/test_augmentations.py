@@ -21,8 +21,8 @@ def _sharpness(crop: torch.Tensor) -> float:
 def test_crop_shapes_and_normalization():
     aug = MultiCropAugmentation(MultiCropConfig(global_size=56, local_size=28, n_local=3))
     out = aug(torch.rand(3, 120, 90))
-    assert [t.shape for t in out["global_crops"]] == [(3, 56, 56)] * 2
-    assert [t.shape for t in out["local_crops"]] == [(3, 28, 28)] * 3
+    assert out["global_crops"].shape == (2, 3, 56, 56)
+    assert out["local_crops"].shape == (3, 3, 28, 28)
     assert out["global_crops"][0].min() < 0  # normalized, not in [0, 1]
 
 
@@ -33,12 +33,11 @@ def test_blur_probabilities_are_the_probability_of_blurring():
                              local_scale=(1.0, 1.0), jitter_p=0.0, grayscale_p=0.0,
                              solarize_p=0.0, blur_sigma=(2.0, 2.0))  # fmt: skip
     aug = MultiCropAugmentation(config)
-    image, n = _checkerboard(), 300
-    blurred = torch.zeros(3)
-    for _ in range(n):
-        (g1, g2), (local,) = aug.crops(image)
-        blurred += torch.tensor([_sharpness(c) < 0.05 for c in (g1, g2, local)], dtype=torch.float)
-    rates = (blurred / n).tolist()
+    n = 300  # one batch: each crop of it draws its own blur
+    crops = aug.geometric(_checkerboard())
+    g1, g2 = (crops["global_crops"][i].expand(n, -1, -1, -1) for i in (0, 1))
+    batches = aug.photometric(g1, g2, crops["local_crops"].expand(n, -1, -1, -1))
+    rates = [sum(_sharpness(c) < 0.05 for c in batch) / n for batch in batches]
     assert rates[0] == 1.0  # the official code never blurs this crop
     assert 0.05 < rates[1] < 0.16
     assert 0.42 < rates[2] < 0.58
@@ -51,6 +50,10 @@ def test_only_the_second_global_crop_is_solarized():
                              blur_p=(0.0, 0.0, 0.0), solarize_p=1.0)  # fmt: skip
     aug = MultiCropAugmentation(config)
     image = torch.full((3, 32, 32), 0.9)  # above the threshold: solarized to 0.1
-    (g1, g2), local = aug.crops(image)
-    assert torch.allclose(g1, image, atol=1e-3) and torch.allclose(g2, 1 - image, atol=1e-3)
-    assert all(torch.allclose(t, image, atol=1e-3) for t in local)
+    crops = aug.geometric(image)
+    g1, g2 = crops["global_crops"].split(1)
+    g1, g2, local = aug.photometric(g1, g2, crops["local_crops"])
+    normalized = aug.normalize(image[None])
+    assert torch.allclose(g1, normalized, atol=1e-3)
+    assert torch.allclose(g2, aug.normalize(1 - image[None]), atol=1e-3)
+    assert torch.allclose(local, normalized.expand(4, -1, -1, -1), atol=1e-3)

@@ -19,10 +19,12 @@ from pipelines.demo import run_demo
 def test_yaml_config_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("shard_size: 500\nfetch:\n  max_retries: 5\n  allowed_networks: [10.0.0.0/8]\n")
-    config = load_config(CrawlConfig, path, ["process.max_side=256", "fetch.total_timeout_s=3"])
+    overrides = ["process.max_side=256", "fetch.total_timeout_s=3", "fetch.connect_timeout_s=5e-1"]
+    config = load_config(CrawlConfig, path, overrides)
     assert config.shard_size == 500 and config.fetch.max_retries == 5
     assert config.fetch.allowed_networks == ["10.0.0.0/8"]
     assert config.process.max_side == 256 and config.fetch.total_timeout_s == 3.0
+    assert config.fetch.connect_timeout_s == 0.5  # YAML 1.1 reads 5e-1 as a string
 
 
 @pytest.mark.parametrize(
@@ -31,6 +33,7 @@ def test_yaml_config_and_overrides(tmp_path):
         ("shard_sise: 5\n", [], r"unknown key\(s\) \['shard_sise'\]"),
         ("fetch:\n  max_retries: many\n", [], "fetch.max_retries: expected int, found 'many'"),
         ("fetch: [1, 2]\n", [], "fetch: expected a mapping"),
+        ("", ["fetch.total_timeout_s=soon"], "fetch.total_timeout_s: expected float, found 'soon'"),
         ("", ["process.max_side"], "expected key=value"),
         ("shard_size: [\n", [], "not valid YAML"),
     ],

@@ -61,9 +61,10 @@ def _labelled_manifest(root, name, n, seed):
 def test_cli_on_a_run_directory(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    model = knn.build_vit("vit_small", 14, img_size=56, init_values=1.0)  # blocks pass content on
+    model = knn.build_vit("vit_small", 14, depth=3, img_size=56, init_values=1.0)  # passes content
     torch.save(model.state_dict(), run / "teacher_backbone.pth")
-    (run / "config.json").write_text(json.dumps({"model": {"arch": "vit_small", "img_size": 56}}))
+    config = {"model": {"arch": "vit_small", "depth": 3, "img_size": 56}}
+    (run / "config.json").write_text(json.dumps(config))
     train = _labelled_manifest(tmp_path, "train", 24, 0)
     val = _labelled_manifest(tmp_path, "val", 10, 1)
     code = knn.main(["--checkpoint", str(run), "--train-manifest", train, "--val-manifest", val,

@@ -97,3 +97,18 @@ def test_killed_run_resumes_on_the_same_loss_curve(manifest, tmp_path, monkeypat
         assert resumed[it] == pytest.approx(straight[it], rel=1e-5), it
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3, 4, 4, 5, 6]
+
+
+def test_time_budget_stops_with_a_checkpoint_and_another_model_cannot_resume(manifest, tmp_path):
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml",
+                         OVERRIDES + ["log_every=10", "time_budget_s=1e-9"])  # fmt: skip
+    metrics = trainer.train(config, [str(manifest)], tmp_path / "run", progress=False)
+    assert metrics["iteration"] == 1  # logged although iteration 1 is no multiple of 10
+    assert (tmp_path / "run" / "checkpoints" / "step_0000001").is_dir()
+
+    other = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES + ["model.depth=2"])
+    with pytest.raises(trainer.ResumeMismatchError, match=r"model\.depth: 0 -> 2"):
+        trainer.train(other, [str(manifest)], tmp_path / "run", progress=False)
+    longer = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES)
+    resumed = trainer.train(longer, [str(manifest)], tmp_path / "run", progress=False)
+    assert resumed["iteration"] == 3

@@ -42,8 +42,9 @@ def manifest(tmp_path):
 
 def _loader(manifest, seed: int, workers: int = 0):
     config = MultiCropConfig(global_size=56, local_size=28, n_local=2)
-    dataset = ManifestImageDataset([manifest], MultiCropAugmentation(config))
-    collate = MultiCropCollate((4, 4))
+    augmentation = MultiCropAugmentation(config)
+    dataset = ManifestImageDataset([manifest], augmentation.geometric)
+    collate = MultiCropCollate((4, 4), photometric=augmentation.photometric)
     return DataLoader(dataset, batch_size=3, num_workers=workers, collate_fn=collate,
                       generator=torch.Generator().manual_seed(seed), shuffle=True)  # fmt: skip
 

@@ -26,6 +26,7 @@ N_GLOBAL_CROPS = 2
 class SSLConfig:
     arch: str = "vit_small"
     patch_size: int = 14
+    depth: int = 0  # blocks; 0: the architecture's own
     img_size: int = 224  # size of the learned position grid
     num_register_tokens: int = 0
     drop_path_rate: float = 0.0
@@ -46,7 +47,7 @@ class SSLConfig:
 
 def _networks(config: SSLConfig) -> nn.ModuleDict:
     backbone = build_vit(
-        config.arch, config.patch_size, img_size=config.img_size,
+        config.arch, config.patch_size, depth=config.depth, img_size=config.img_size,
         num_register_tokens=config.num_register_tokens, drop_path_rate=config.drop_path_rate,
         init_values=config.layerscale, efficient_drop_path=config.efficient_drop_path,
     )  # fmt: skip

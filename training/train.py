@@ -50,6 +50,30 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training cannot continue from this state."""
 
 
+class ResumeMismatchError(RuntimeError):
+    """The output directory holds checkpoints of another model or crop recipe."""
+
+
+def check_resumable(out: Path, config: TrainConfig) -> None:
+    """A run directory resumes only its own run: model and crops must be unchanged (other
+    keys, such as the schedule length or the time budget, may change on resume)."""
+    saved = out / "config.json"
+    if not saved.exists() or latest_checkpoint(out / "checkpoints") is None:
+        return
+    old, new = json.loads(saved.read_text()), json.loads(json.dumps(asdict(config)))
+    changed = [
+        f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
+        for section in ("model", "crops")
+        for key, value in new[section].items()
+        if old.get(section, {}).get(key) != value
+    ]
+    if changed:
+        raise ResumeMismatchError(
+            f"{out} holds checkpoints of another run ({'; '.join(changed)}); "
+            "use a new --output-dir, or the config that run used"
+        )
+
+
 @dataclass
 class Schedules:
     lr: np.ndarray
@@ -91,9 +115,13 @@ def build_loader(
     config: TrainConfig, manifests: list[str], start_batch: int = 0, rank: int = 0, world: int = 1
 ) -> DataLoader:
     """Batches from ``start_batch`` on; each is a function of its index (exact resume)."""
-    dataset = ManifestImageDataset(manifests, MultiCropAugmentation(config.crops))
+    augmentation = MultiCropAugmentation(config.crops)
+    dataset = ManifestImageDataset(manifests, augmentation.geometric)
     grid = config.crops.global_size // config.model.patch_size
-    collate = MultiCropCollate((grid, grid), config.data.mask_probability, config.data.mask_ratio)
+    collate = MultiCropCollate(
+        (grid, grid), config.data.mask_probability, config.data.mask_ratio,
+        photometric=augmentation.photometric,
+    )  # fmt: skip
     sampler = StreamBatchSampler(
         len(dataset), config.data.batch_size, config.seed, rank, world, start_batch
     )
@@ -141,6 +169,7 @@ def train(
     d = init_distributed()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_resumable(out, config)
     if d.is_main:
         (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     model, optimizer = build_model(config, d)
@@ -181,7 +210,8 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
             terms = train_step(model, optimizer, batch, schedules, it, config.optim.clip_grad)
             seen += batch["size"] * d.world_size
             bar.update(1)
-            if (it + 1) % config.log_every == 0 or it + 1 == total:
+            out_of_time = _budget_spent(config, started)
+            if (it + 1) % config.log_every == 0 or it + 1 == total or out_of_time:
                 metrics = {
                     "iteration": it + 1,
                     **{k: round(float(v.detach()), 5) for k, v in terms.items()},
@@ -192,7 +222,6 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
                 f.write(json.dumps(metrics) + "\n")
                 f.flush()
                 bar.set_postfix(loss=metrics["loss"], img_s=metrics["images_per_s"])
-            out_of_time = _budget_spent(config, started)
             if (it + 1) % config.checkpoint_every == 0 or it + 1 == total or out_of_time:
                 save_checkpoint(out / "checkpoints", model, optimizer, it + 1)
             if out_of_time:
@@ -235,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(TrainConfig, args.config, args.overrides)
         metrics = train(config, args.manifest, args.output_dir, progress=not args.no_progress)
-    except (ConfigError, ManifestError, NonFiniteLossError) as exc:
+    except (ConfigError, ManifestError, NonFiniteLossError, ResumeMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(metrics))

@@ -36,45 +36,55 @@ class MultiCropConfig:
 
 
 class MultiCropAugmentation:
-    """Image (3, H, W) float in [0, 1] -> normalized global and local crops."""
+    """Image (3, H, W) float in [0, 1] -> normalized global and local crops, in two stages.
+
+    ``geometric`` runs per image (random resized crops and flips; every image has its own
+    size). ``photometric`` runs on a whole batch of crops at once (jitter, grey, blur,
+    solarize, normalization): one kornia call per operation and crop kind instead of one
+    per crop, which is what makes augmentation of small crops cheap enough for a CPU.
+    ``__call__`` chains both for a single image.
+    """
 
     def __init__(self, config: MultiCropConfig | None = None) -> None:
         self.config = c = config or MultiCropConfig()
-        blur1, blur2, blur_local = (self._blur(p) for p in c.blur_p)
-        solarize = K.RandomSolarize(thresholds=0.0, additions=0.0, p=c.solarize_p)
-        self.global1 = self._pipeline(c.global_size, c.global_scale, blur1)
-        self.global2 = self._pipeline(c.global_size, c.global_scale, blur2, solarize)
-        self.local = self._pipeline(c.local_size, c.local_scale, blur_local)
+        self.global_geometry = self._geometry(c.global_size, c.global_scale)
+        self.local_geometry = self._geometry(c.local_size, c.local_scale)
+        self.jitter = K.AugmentationSequential(
+            K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=c.jitter_p), K.RandomGrayscale(p=c.grayscale_p)
+        )
+        self.blur1, self.blur2, self.blur_local = (self._blur(p) for p in c.blur_p)
+        self.solarize = K.RandomSolarize(thresholds=0.0, additions=0.0, p=c.solarize_p)
         self.normalize = K.Normalize(torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD))
 
     def _blur(self, p: float) -> K.RandomGaussianBlur:
         return K.RandomGaussianBlur(kernel_size=9, sigma=self.config.blur_sigma, p=p)
 
-    def _pipeline(self, size: int, scale: tuple[float, float], *extra) -> K.AugmentationSequential:
-        c = self.config
+    def _geometry(self, size: int, scale: tuple[float, float]) -> K.AugmentationSequential:
         return K.AugmentationSequential(
             K.RandomResizedCrop((size, size), scale=scale, resample="BICUBIC"),
-            K.RandomHorizontalFlip(p=c.flip_p),
-            K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=c.jitter_p),
-            K.RandomGrayscale(p=c.grayscale_p),
-            *extra,
+            K.RandomHorizontalFlip(p=self.config.flip_p),
         )
 
-    def crops(self, image: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Un-normalized crops in [0, 1]: ([global1, global2], [local] * n_local)."""
+    def geometric(self, image: Tensor) -> dict[str, Tensor]:
+        """Crops in [0, 1] of one image: global (2, 3, S, S) and local (n, 3, s, s)."""
         x = image.unsqueeze(0)
-        global_crops = [self._clamped(self.global1, x), self._clamped(self.global2, x)]
-        local = [self._clamped(self.local, x) for _ in range(self.config.n_local)]
-        return global_crops, local
+        global_crops = self.global_geometry(x.expand(2, -1, -1, -1))
+        local_crops = self.local_geometry(x.expand(self.config.n_local, -1, -1, -1))
+        # bicubic resampling overshoots [0, 1]
+        return {"global_crops": global_crops.clamp(0, 1), "local_crops": local_crops.clamp(0, 1)}
 
-    @staticmethod
-    def _clamped(pipeline: K.AugmentationSequential, x: Tensor) -> Tensor:
-        return pipeline(x).clamp(0.0, 1.0)[0]  # bicubic overshoots [0, 1]
+    def photometric(
+        self, global1: Tensor, global2: Tensor, local: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Batches of first global, second global and local crops -> normalized crops."""
+        global1 = self.blur1(self.jitter(global1))
+        global2 = self.solarize(self.blur2(self.jitter(global2)))
+        local = self.blur_local(self.jitter(local)) if len(local) else local
+        return tuple(self.normalize(t.clamp(0.0, 1.0)) if len(t) else t
+                     for t in (global1, global2, local))  # fmt: skip
 
-    def __call__(self, image: Tensor) -> dict[str, list[Tensor]]:
-        global_crops, local_crops = self.crops(image)
-        norm = lambda t: self.normalize(t.unsqueeze(0))[0]  # noqa: E731
-        return {
-            "global_crops": [norm(t) for t in global_crops],
-            "local_crops": [norm(t) for t in local_crops],
-        }
+    def __call__(self, image: Tensor) -> dict[str, Tensor]:
+        crops = self.geometric(image)
+        g1, g2 = crops["global_crops"].split(1)
+        g1, g2, local = self.photometric(g1, g2, crops["local_crops"])
+        return {"global_crops": torch.cat([g1, g2]), "local_crops": local}

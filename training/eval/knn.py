@@ -94,7 +94,7 @@ def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> Vision
     if checkpoint.is_dir():
         config = json.loads((checkpoint / "config.json").read_text())
         ssl = from_dict(SSLConfig, config["model"], f"{checkpoint}/config.json:model")
-        model = build_vit(ssl.arch, ssl.patch_size, img_size=ssl.img_size,
+        model = build_vit(ssl.arch, ssl.patch_size, depth=ssl.depth, img_size=ssl.img_size,
                           num_register_tokens=ssl.num_register_tokens)  # fmt: skip
         weights = checkpoint / "teacher_backbone.pth"
     else:

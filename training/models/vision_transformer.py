@@ -171,12 +171,13 @@ class VisionTransformer(nn.Module):
         return self.head(self.forward_features(x)["x_norm_clstoken"])
 
 
-def build_vit(arch: str, patch_size: int = 14, **kwargs) -> VisionTransformer:
-    """A ViT by name (``vit_small``, ``vit_base``, ``vit_large``, ``vit_huge``, ``vit_giant2``)."""
+def build_vit(arch: str, patch_size: int = 14, depth: int = 0, **kwargs) -> VisionTransformer:
+    """A ViT by name (``vit_small``, ``vit_base``, ``vit_large``, ``vit_huge``, ``vit_giant2``);
+    ``depth`` > 0 replaces the architecture's number of blocks."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
     a = ARCHITECTURES[arch]
     return VisionTransformer(
-        embed_dim=a.embed_dim, depth=a.depth, num_heads=a.num_heads, patch_size=patch_size,
+        embed_dim=a.embed_dim, depth=depth or a.depth, num_heads=a.num_heads, patch_size=patch_size,
         ffn=a.ffn, **kwargs,
     )  # fmt: skip

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from training.data.augmentations import MultiCropAugmentation, MultiCropConfig
+from training.data.augmentations import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MultiCropAugmentation,
+    MultiCropConfig,
+)
 
 
 def _checkerboard(size: int = 64, square: int = 4) -> torch.Tensor:
@@ -23,7 +28,14 @@ def test_crop_shapes_and_normalization():
     out = aug(torch.rand(3, 120, 90))
     assert out["global_crops"].shape == (2, 3, 56, 56)
     assert out["local_crops"].shape == (3, 3, 28, 28)
-    assert out["global_crops"][0].min() < 0  # normalized, not in [0, 1]
+
+    config = MultiCropConfig(global_size=16, local_size=8, n_local=2, jitter_p=0.0,
+                             grayscale_p=0.0, solarize_p=0.0)  # fmt: skip
+    grey = MultiCropAugmentation(config)(torch.full((3, 40, 30), 0.5))
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    expected = ((0.5 - mean) / std).view(3, 1, 1)
+    for crops in grey.values():
+        torch.testing.assert_close(crops, expected.expand_as(crops), atol=1e-4, rtol=0)
 
 
 def test_blur_probabilities_are_the_probability_of_blurring():

@@ -29,7 +29,8 @@ from PIL import Image
 from manifests.config import load_config
 from manifests.image_shards import ImageShardWriter
 from training.config import TrainConfig
-from training.eval.knn import extract, knn_accuracy, load_backbone
+from training.eval.knn import extract, knn_accuracy
+from training.models.loading import load_backbone
 from training.train import train
 
 DATA = Path("/usr/share/datasets/fashion-mnist")

@@ -65,4 +65,47 @@ POOL = ManifestSchema(
     ),
 )
 
-SCHEMAS: dict[str, ManifestSchema] = {s.name: s for s in (POOL,)}
+EMBEDDING_IDS = ManifestSchema(
+    name="embedding_ids",
+    version=1,
+    arrow=pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("ok", pa.bool_(), nullable=False),  # False: undecodable, zero vector
+        ]
+    ),
+)
+
+HASHES = ManifestSchema(
+    name="hashes",
+    version=1,
+    arrow=pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("ok", pa.bool_(), nullable=False),  # False: undecodable, no hashes
+            pa.field("error", pa.string()),
+            pa.field("sha256", pa.string()),  # of the stored image bytes
+            pa.field("phash", pa.int64()),  # imagehash pHash, 64 bits as a signed integer
+            pa.field("thumb", pa.binary()),  # 16x16 grayscale, the PCA hash's input
+            pa.field("pixels", pa.int64()),  # width x height
+        ]
+    ),
+)
+
+DEDUP = ManifestSchema(
+    name="dedup",
+    version=1,
+    arrow=pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("exact_group", pa.int64(), nullable=False),  # row of its first member
+            pa.field("hash_group", pa.int64(), nullable=False),
+            pa.field("copy_component", pa.int64(), nullable=False),
+            pa.field("keep", pa.bool_(), nullable=False),
+            pa.field("reason", pa.string()),  # curation.dedup.policy.Reason, null if kept
+            pa.field("representative", pa.string(), nullable=False),  # kept id of its group
+        ]
+    ),
+)
+
+SCHEMAS: dict[str, ManifestSchema] = {s.name: s for s in (POOL, EMBEDDING_IDS, HASHES, DEDUP)}

@@ -7,13 +7,13 @@ Options not given as flags are set with ``--config FILE.yaml`` or ``--set key=va
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from curation.crawl.config import CrawlConfig
 from curation.crawl.crawler import CrawlSummary, ResumeMismatchError, run_crawl
 from curation.crawl.inputs import InputError
 from manifests.config import ConfigError, load_config
+from pipelines.cli import run_cli
 
 # flag -> config key; each flag is a shorthand for --set KEY=VALUE
 _FLAG_KEYS = {
@@ -116,17 +116,12 @@ def format_summary(s: CrawlSummary) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
+
+    def crawl() -> str:
         config = config_from_args(args)
-        summary = run_crawl(args.urls, args.out, config, progress=not args.no_progress)
-    except (ConfigError, InputError, ResumeMismatchError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
-    return 0
+        return format_summary(run_crawl(args.urls, args.out, config, progress=not args.no_progress))
+
+    return run_cli(crawl, (ConfigError, InputError, ResumeMismatchError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 ``python -m pipelines.demo [--out DIR]`` serves pages that link generated photos (with
 exact duplicates, near-duplicates, broken links and hostile responses), records the
-pages in a WARC as a web crawl would, and runs the crawl stage on that WARC.
+pages in a WARC as a web crawl would, runs the crawl stage on that WARC, then hash
+dedup of the pool (exact and perceptual copies; the copy-detection level needs real photos
+and is left to ``pipelines.embed`` + ``pipelines.dedup --embeddings``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from warcio.warcwriter import WARCWriter
 
 from curation.crawl.config import CrawlConfig
 from curation.crawl.crawler import CrawlSummary, run_crawl
+from curation.dedup.stage import DedupConfig, run_dedup
 from pipelines.crawl import format_summary
 from pipelines.loopback_web import LoopbackWeb, Route
 from pipelines.synthetic_images import encode, make_photo
@@ -97,7 +100,9 @@ def write_warc(path: Path, web: LoopbackWeb, pages: list[str]) -> None:
             writer.write_record(record)
 
 
-def run_demo(out: Path, progress: bool = True) -> CrawlSummary:
+def run_demo(out: Path, progress: bool = True) -> tuple[CrawlSummary, dict]:
+    """Crawl the demo web into ``out/crawl``, then dedup the pool into ``out/dedup``;
+    returns the crawl summary and the dedup stats."""
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise FileExistsError(f"{out} exists and is not a demo directory; choose another --out")
     shutil.rmtree(out, ignore_errors=True)  # the web's port changes, so URLs do too
@@ -112,7 +117,9 @@ def run_demo(out: Path, progress: bool = True) -> CrawlSummary:
     with LoopbackWeb(routes) as web:
         warc = out / "inputs" / "pages.warc.gz"
         write_warc(warc, web, pages)
-        return run_crawl([warc], out / "crawl", config, progress=progress)
+        summary = run_crawl([warc], out / "crawl", config, progress=progress)
+    pool = out / "crawl" / "manifest" / "pool"
+    return summary, run_dedup([pool], out / "dedup", config=DedupConfig(), progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    summary = run_demo(args.out, progress=not args.no_progress)
+    summary, dedup = run_demo(args.out, progress=not args.no_progress)
     print(format_summary(summary))
+    funnel = ", ".join(f"{k} {v}" for k, v in dedup["funnel"].items())
+    print(f"dedup ({args.out / 'dedup'}): {funnel}")
     return 0
 
 

@@ -6,8 +6,11 @@ import gzip
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from curation.crawl.config import CrawlConfig
@@ -48,3 +51,39 @@ def small_crawl_config() -> CrawlConfig:
     f.max_bytes = 2_000_000
     config.process.max_side = 320
     return config
+
+
+def skimage_photos(max_side: int = 192) -> dict[str, Image.Image]:
+    """The real photographs and textures the scikit-image wheel ships, downscaled."""
+    import skimage
+
+    root = Path(skimage.__file__).parent / "data"
+    photos = {}
+    for name in SKIMAGE_PHOTOS:
+        (path,) = [p for p in root.iterdir() if p.stem == name and p.suffix in (".png", ".jpg")]
+        image = Image.open(path).convert("RGB")
+        image.thumbnail((max_side, max_side))
+        photos[name] = image
+    return photos
+
+
+SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock_motion", "coffee",
+                  "coins", "color", "grass", "gravel", "horse", "hubble_deep_field", "ihc",
+                  "logo", "moon", "page", "retina", "rocket", "text")  # fmt: skip
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def path_manifest(root: Path, name: str, files: dict[str, bytes]) -> Path:
+    """Write ``files`` (id -> image bytes) under ``root/name/`` and a manifest listing them."""
+    (root / name).mkdir(parents=True, exist_ok=True)
+    for id_, data in files.items():
+        (root / name / f"{id_}.jpg").write_bytes(data)
+    manifest = root / f"{name}.parquet"
+    pq.write_table(pa.table({"id": list(files), "path": [f"{name}/{i}.jpg" for i in files]}),
+                   manifest)  # fmt: skip
+    return manifest

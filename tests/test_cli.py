@@ -68,7 +68,7 @@ def test_cli_reports_bad_input_clearly(tmp_path):
 
 
 def test_demo_crawls_its_loopback_web(tmp_path):
-    summary = run_demo(tmp_path / "demo", progress=False)
+    summary, dedup = run_demo(tmp_path / "demo", progress=False)
     table = read_manifest([tmp_path / "demo" / "crawl" / "manifest" / "pool"], POOL)
     assert table.num_rows == summary.urls == 66
     assert summary.duplicates_removed > 0  # every page repeats the logo
@@ -79,6 +79,9 @@ def test_demo_crawls_its_loopback_web(tmp_path):
     }  # fmt: skip
     sha = table.filter(pc.equal(table.column("status"), "ok")).column("sha256").to_pylist()
     assert len(sha) - len(set(sha)) == 6  # the mirrored images are exact duplicates
+    funnel = dedup["funnel"]
+    assert funnel["raw"] == 60 and funnel["after_exact"] == 54
+    assert funnel["after_hash"] == 48  # the six smaller, recompressed copies
     assert table.column("page_url").null_count == 0
 
 

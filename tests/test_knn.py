@@ -12,6 +12,7 @@ import torch
 
 from pipelines.synthetic_images import encode
 from training.eval import knn
+from training.models import build_vit
 
 
 def _reference(train, train_labels, val, val_labels, k, t=0.07):
@@ -61,7 +62,7 @@ def _labelled_manifest(root, name, n, seed):
 def test_cli_on_a_run_directory(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    model = knn.build_vit("vit_small", 14, depth=3, img_size=56, init_values=1.0)  # passes content
+    model = build_vit("vit_small", 14, depth=3, img_size=56, init_values=1.0)  # passes content
     torch.save(model.state_dict(), run / "teacher_backbone.pth")
     config = {"model": {"arch": "vit_small", "depth": 3, "img_size": 56}}
     (run / "config.json").write_text(json.dumps(config))
@@ -81,7 +82,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         knn.main(["--checkpoint", str(weights), "--train-manifest", "a", "--val-manifest", "b"])
         == 2
     )
-    assert "needs --arch" in capsys.readouterr().err
+    assert "needs an architecture" in capsys.readouterr().err
     assert knn.main(["--checkpoint", str(tmp_path / "missing.pth"), "--arch", "vit_small",
                      "--train-manifest", "a", "--val-manifest", "b"]) == 2  # fmt: skip
     assert "missing.pth: no backbone weights" in capsys.readouterr().err

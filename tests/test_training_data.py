@@ -43,14 +43,14 @@ def manifest(tmp_path):
 def _loader(manifest, seed: int, workers: int = 0):
     config = MultiCropConfig(global_size=56, local_size=28, n_local=2)
     augmentation = MultiCropAugmentation(config)
-    dataset = ManifestImageDataset([manifest], augmentation.geometric)
+    dataset = ManifestImageDataset.from_manifests([manifest], augmentation.geometric)
     collate = MultiCropCollate((4, 4), photometric=augmentation.photometric)
     return DataLoader(dataset, batch_size=3, num_workers=workers, collate_fn=collate,
                       generator=torch.Generator().manual_seed(seed), shuffle=True)  # fmt: skip
 
 
 def test_rows_from_tar_shards_and_files(manifest):
-    dataset = ManifestImageDataset([manifest])
+    dataset = ManifestImageDataset.from_manifests([manifest])
     assert len(dataset) == 9
     assert dataset[0].shape == (3, 80, 96) and dataset[0].min() >= 0 and dataset[0].max() <= 1
     assert dataset[8].shape == (3, 64, 64)
@@ -78,4 +78,4 @@ def test_same_seed_same_batches_across_workers(manifest):
 def test_manifest_without_image_locations_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"id": ["a"], "url": ["http://x/a.jpg"]}), tmp_path / "00000.parquet")
     with pytest.raises(ManifestError, match="no image location; expected a 'path' column"):
-        ManifestImageDataset([tmp_path])
+        ManifestImageDataset.from_manifests([tmp_path])

@@ -116,7 +116,7 @@ def build_loader(
 ) -> DataLoader:
     """Batches from ``start_batch`` on; each is a function of its index (exact resume)."""
     augmentation = MultiCropAugmentation(config.crops)
-    dataset = ManifestImageDataset(manifests, augmentation.geometric)
+    dataset = ManifestImageDataset.from_manifests(manifests, augmentation.geometric)
     grid = config.crops.global_size // config.model.patch_size
     collate = MultiCropCollate(
         (grid, grid), config.data.mask_probability, config.data.mask_ratio,

@@ -83,17 +83,24 @@ class ManifestImageDataset(Dataset):
     it); the collate function drops it and counts it, so one bad file never ends a run.
     """
 
-    def __init__(self, paths: list[str | Path], transform: Callable | None = None) -> None:
-        self.rows = read_image_rows(paths)
-        if not self.rows:
-            raise ManifestError(f"{[str(p) for p in paths]}: no usable image rows")
+    def __init__(self, rows: list[dict[str, Any]], transform: Callable | None = None) -> None:
+        self.rows = rows  # as read_image_rows returns them
         self.transform = transform
         self._readers: dict[str, ImageShardReader] = {}  # per worker process
+
+    @classmethod
+    def from_manifests(
+        cls, paths: list[str | Path], transform: Callable | None = None
+    ) -> ManifestImageDataset:
+        rows = read_image_rows(paths)
+        if not rows:
+            raise ManifestError(f"{[str(p) for p in paths]}: no usable image rows")
+        return cls(rows, transform)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _bytes(self, row: dict[str, Any]) -> bytes:
+    def read_bytes(self, row: dict[str, Any]) -> bytes:
         if row["key"] is None:
             return Path(row["source"]).read_bytes()
         reader = self._readers.get(row["source"])
@@ -106,7 +113,7 @@ class ManifestImageDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         row = self.rows[index]
         try:
-            with Image.open(io.BytesIO(self._bytes(row))) as image:
+            with Image.open(io.BytesIO(self.read_bytes(row))) as image:
                 pixels = np.asarray(image.convert("RGB"))
         except Exception as exc:  # noqa: BLE001 - any bad image is skipped, never fatal
             log.warning("skipping image %s (%s): %s", row["id"], row["source"], exc)

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from manifests.config import ConfigError, from_dict
+from manifests.config import ConfigError
 from manifests.errors import ManifestError
-from training.data.augmentations import IMAGENET_MEAN, IMAGENET_STD
 from training.data.dataset import ManifestImageDataset
-from training.models import VisionTransformer, build_vit
-from training.ssl_meta_arch import SSLConfig
+from training.data.transforms import center_crop_transform
+from training.models import VisionTransformer
+from training.models.loading import load_backbone
 
 KS = (10, 20, 100, 200)
 
@@ -56,26 +56,9 @@ def knn_accuracy(
     return {k: 100.0 * correct[k] / len(val_features) for k in ks}
 
 
-def center_crop_transform(size: int):
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
-
-    def transform(image: torch.Tensor) -> torch.Tensor:
-        resize = round(size * 256 / 224)  # shorter side, then a centered square
-        h, w = image.shape[1:]
-        scale = resize / min(h, w)
-        target = (max(size, round(h * scale)), max(size, round(w * scale)))
-        image = F.interpolate(image[None], size=target, mode="bicubic", antialias=True)
-        image = image[0].clamp(0, 1)
-        top, left = (image.shape[1] - size) // 2, (image.shape[2] - size) // 2
-        return (image[:, top : top + size, left : left + size] - mean) / std
-
-    return transform
-
-
 @torch.no_grad()
 def extract(model: VisionTransformer, manifest: list[str], size: int, batch: int, workers: int):
-    dataset = ManifestImageDataset(manifest, center_crop_transform(size))
+    dataset = ManifestImageDataset.from_manifests(manifest, center_crop_transform(size))
     labels = [row["label"] for row in dataset.rows]
     if any(label is None for label in labels):
         raise ManifestError(f"{manifest}: k-NN needs a 'label' column on every row")
@@ -87,24 +70,6 @@ def extract(model: VisionTransformer, manifest: list[str], size: int, batch: int
         features.append(model(torch.stack([x for _, x in good])))
         kept += [labels[i] for i, _ in good]
     return torch.cat(features), torch.tensor(kept, dtype=torch.long)
-
-
-def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> VisionTransformer:
-    """Our run directory (config.json + teacher_backbone.pth) or an official .pth file."""
-    if checkpoint.is_dir():
-        config = json.loads((checkpoint / "config.json").read_text())
-        ssl = from_dict(SSLConfig, config["model"], f"{checkpoint}/config.json:model")
-        model = build_vit(ssl.arch, ssl.patch_size, depth=ssl.depth, img_size=ssl.img_size,
-                          num_register_tokens=ssl.num_register_tokens)  # fmt: skip
-        weights = checkpoint / "teacher_backbone.pth"
-    else:
-        if arch is None:
-            raise ConfigError(f"{checkpoint}: a weights file needs --arch (e.g. vit_small)")
-        model, weights = build_vit(arch, patch_size), checkpoint
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights}: no backbone weights (expected a state dict .pth)")
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
-    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> int:

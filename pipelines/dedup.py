@@ -1,0 +1,53 @@
+"""CLI: ``python -m pipelines.dedup --manifest PATH... --out DIR [--embeddings DIR]
+[--eval-embeddings DIR...]``.
+
+Hashes the pool (sha256, pHash, PCA hash; resumable per shard), groups near-exact copies
+by Hamming radius, links copies through the descriptor kNN graph when ``--embeddings``
+(from ``pipelines.embed``) is given, drops components that touch an evaluation set's
+embeddings, and writes ``DIR/dedup/NNNNN.parquet`` and ``DIR/dedup_stats.json``. Options
+not given as flags are set with ``--config FILE.yaml`` or ``--set key=value`` (keys of
+:class:`curation.dedup.stage.DedupConfig`, e.g. ``copy.threshold=0.6``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from curation.dedup.stage import DedupConfig, run_dedup
+from manifests.config import ConfigError, load_config
+from pipelines.cli import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.dedup", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--manifest", nargs="+", required=True, metavar="PATH", help="pool manifest(s)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--embeddings", metavar="DIR", help="pool descriptors (pipelines.embed)")
+    p.add_argument("--eval-embeddings", nargs="*", default=[], metavar="DIR",
+                   help="descriptors of evaluation sets, same model as --embeddings")  # fmt: skip
+    p.add_argument("--config", metavar="YAML", help="a DedupConfig YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def dedup() -> str:
+        if args.eval_embeddings and not args.embeddings:
+            raise ConfigError("--eval-embeddings needs --embeddings (the pool's descriptors)")
+        config = load_config(DedupConfig, args.config, args.set)
+        stats = run_dedup(args.manifest, args.out, args.embeddings, args.eval_embeddings, config,
+                          progress=not args.no_progress)  # fmt: skip
+        return json.dumps({"out": args.out, "funnel": stats["funnel"], "reasons": stats["reasons"]})
+
+    return run_cli(dedup)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""CLI: ``python -m pipelines.embed --manifest PATH... --model SPEC --out DIR``.
+
+Embeds every usable image of the manifests (pool shards, seed sets, evaluation sets) into
+L2-normalized float16 shards aligned with ids (layout: :mod:`manifests.embeddings`;
+model specs: :mod:`curation.embed`). Rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from curation.embed import EmbedConfig, embed_manifests, load_embedder
+from pipelines.cli import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.embed", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--manifest", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--model", default="efficientnet_lite0", metavar="SPEC",
+                   help="efficientnet_lite0 | vit:RUN_DIR | ARCH/PATCH:WEIGHTS.pth | "
+                        "torchscript:PATH[@SIZE]")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="DIR")
+    defaults = EmbedConfig()
+    p.add_argument("--rows-per-shard", type=int, default=defaults.rows_per_shard)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--workers", type=int, default=defaults.num_workers)
+    p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = EmbedConfig(args.rows_per_shard, args.batch_size, args.workers, args.device)
+
+    def embed() -> str:
+        embedder = load_embedder(args.model)
+        counts = embed_manifests(args.manifest, embedder, args.out, config, not args.no_progress)
+        return json.dumps({"model": embedder.spec, "dim": embedder.dim, "out": args.out, **counts})
+
+    return run_cli(embed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Hashing and deduplication on real photos (scikit-image's) with known edited copies."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from builders import jpeg_bytes, path_manifest, skimage_photos
+from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes
+from curation.dedup.stage import DedupConfig, run_dedup
+from curation.dedup.union_find import UnionFind
+from curation.embed import EmbedConfig, embed_manifests, load_embedder
+from manifests.config import load_config
+from manifests.parquet_io import ShardedParquet
+from manifests.schemas import HASHES
+from pipelines.near_duplicates import edited_copy
+from pipelines.synthetic_images import make_photo
+
+BASES = ("astronaut", "camera", "chelsea", "coffee", "horse", "rocket", "moon", "coins")
+SINGLES = ("brick", "grass", "text", "page", "logo", "retina", "hubble_deep_field", "cell")
+EXACT = BASES[:3]  # these also appear byte for byte twice
+HASH_LEVEL = ("jpeg", "resize")  # pHash within the radius
+COPY_LEVEL = ("flip", "crop")  # only the descriptor links them
+EVALUATION = BASES[:2]  # an evaluation set holds colour-edited copies of these
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dedup")
+    photos = skimage_photos(192)
+    files: dict[str, bytes] = {}
+    for i, name in enumerate(BASES):
+        files[name] = jpeg_bytes(photos[name])
+        if name in EXACT:
+            files[f"{name}-exact"] = files[name]
+        for kind in HASH_LEVEL + COPY_LEVEL:
+            files[f"{name}-{kind}"] = jpeg_bytes(edited_copy(photos[name], kind, seed=i))
+    files |= {name: jpeg_bytes(photos[name]) for name in SINGLES}
+    files["broken"] = b"\xff\xd8 a truncated JPEG"  # hashed as a failed row, never fatal
+    manifest = path_manifest(root, "pool", files)
+    evaluation = path_manifest(root, "eval", {
+        f"{name}-colour": jpeg_bytes(edited_copy(photos[name], "colour", seed=99))
+        for name in EVALUATION
+    })  # fmt: skip
+    embedder = load_embedder("efficientnet_lite0")
+    config = EmbedConfig(rows_per_shard=16, batch_size=16, num_workers=0)
+    embed_manifests([manifest], embedder, root / "emb", config, progress=False)
+    embed_manifests([evaluation], embedder, root / "eval-emb", config, progress=False)
+    return {"root": root, "manifest": manifest, "ids": list(files),
+            "emb": root / "emb", "eval_emb": root / "eval-emb"}  # fmt: skip
+
+
+def _groups(table, column: str) -> set[frozenset[str]]:
+    by_label: dict[int, set[str]] = {}
+    for id_, label in zip(table.column("id").to_pylist(), table.column(column).to_pylist(),
+                          strict=True):  # fmt: skip
+        by_label.setdefault(label, set()).add(id_)
+    return {frozenset(g) for g in by_label.values()}
+
+
+def test_groups_components_and_kept_images_match_the_ground_truth(pool, tmp_path):
+    config = DedupConfig(rows_per_shard=10, num_workers=0)
+    stats = run_dedup([pool["manifest"]], tmp_path, pool["emb"], [pool["eval_emb"]], config,
+                      progress=False)  # fmt: skip
+    table = pq.read_table(tmp_path / "dedup")
+    assert table.column("id").to_pylist() == pool["ids"]  # one row per pool image, in order
+
+    exact = {g for g in _groups(table, "exact_group") if len(g) > 1}
+    assert exact == {frozenset({n, f"{n}-exact"}) for n in EXACT}
+    hashed = {g for g in _groups(table, "hash_group") if len(g) > 1}
+    for name in BASES:
+        (group,) = [g for g in hashed if name in g]
+        assert {f"{name}-{k}" for k in HASH_LEVEL} <= group and f"{name}-flip" not in group
+    copies = _groups(table, "copy_component")
+    expected = {
+        frozenset(
+            {n, *(f"{n}-{k}" for k in HASH_LEVEL + COPY_LEVEL)}
+            | ({f"{n}-exact"} if n in EXACT else set())
+        )
+        for n in BASES
+    }
+    assert copies == expected | {frozenset({s}) for s in (*SINGLES, "broken")}  # fmt: skip
+
+    rows = {r["id"]: r for r in table.to_pylist()}
+    for name in BASES:
+        members = [rows[i] for i in next(g for g in copies if name in g)]
+        if name in EVALUATION:  # the whole component goes, the base included
+            assert {(r["keep"], r["reason"]) for r in members} == {(False, "evaluation_overlap")}
+            continue
+        assert [r["id"] for r in members if r["keep"]] == [name]  # most pixels, then smallest id
+        assert {r["representative"] for r in members} == {name}
+        assert rows[f"{name}-jpeg"]["reason"] == "hash_duplicate"
+        assert rows[f"{name}-flip"]["reason"] == "copy_duplicate"
+        assert rows[f"{name}-crop"]["reason"] in ("hash_duplicate", "copy_duplicate")
+        if name in EXACT:
+            assert rows[f"{name}-exact"]["reason"] == "exact_duplicate"
+    assert all(rows[s]["keep"] and rows[s]["reason"] is None for s in SINGLES)
+
+    n = len(pool["ids"])
+    funnel = stats["funnel"]
+    assert stats["undecodable"] == 1 and rows["broken"]["keep"]
+    assert funnel["raw"] == n and funnel["after_exact"] == n - len(EXACT)
+    assert funnel["after_copy"] == len(BASES) + len(SINGLES) + 1
+    assert funnel["after_relative"] == funnel["after_copy"] - len(EVALUATION)
+    assert funnel["after_exact"] >= funnel["after_hash"] >= funnel["after_copy"]
+    assert json.loads((tmp_path / "dedup_stats.json").read_text())["funnel"] == funnel
+
+
+def test_hash_only_without_embeddings(pool, tmp_path):
+    stats = run_dedup([pool["manifest"]], tmp_path, config=DedupConfig(num_workers=0),
+                      progress=False)  # fmt: skip
+    table = pq.read_table(tmp_path / "dedup")
+    assert _groups(table, "copy_component") == _groups(table, "hash_group")
+    funnel = stats["funnel"]
+    assert funnel["after_copy"] == funnel["after_hash"] > len(BASES) + len(SINGLES) + 1
+
+
+def test_streamed_union_find_equals_an_in_memory_reference():
+    rng = np.random.default_rng(0)
+    n, m = 5000, 4000
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    uf = UnionFind(n)
+    for start in range(0, m, 333):  # edges arrive shard by shard
+        uf.union(a[start : start + 333], b[start : start + 333])
+    labels = uf.labels()
+    graph = coo_matrix((np.ones(m), (a, b)), shape=(n, n))
+    count, reference = connected_components(graph, directed=False)
+    assert len(np.unique(labels)) == count
+    assert (
+        len(set(zip(labels.tolist(), reference.tolist(), strict=True))) == count
+    )  # same partition
+    for label in np.unique(labels):  # each component is labelled by its smallest member
+        assert label == np.flatnonzero(labels == label).min()
+
+
+def test_multi_index_hashing_finds_the_same_pairs_as_brute_force():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, (3000, 8), dtype=np.uint8)
+    for i in range(0, 600, 2):  # plant pairs 0..5 bits apart
+        codes[i + 1] = codes[i]
+        bits = rng.choice(64, size=i % 6, replace=False)
+        codes[i + 1, bits // 8] ^= (1 << (bits % 8)).astype(np.uint8)
+    flat = set(zip(*(x.tolist() for x in hamming_pairs(codes, 4)), strict=True))
+    multi = set(zip(*(x.tolist() for x in hamming_pairs(codes, 4, flat_max=0)), strict=True))
+    planted = {(i, i + 1) for i in range(0, 600, 2) if i % 6 <= 4}
+    assert planted <= flat and flat == multi
+
+
+def test_a_killed_run_resumes_to_identical_output(pool, tmp_path):
+    cmd = [sys.executable, "-m", "pipelines.dedup", "--manifest", str(pool["manifest"]),
+           "--embeddings", str(pool["emb"]), "--eval-embeddings", str(pool["eval_emb"]),
+           "--set", "rows_per_shard=2", "--no-progress"]  # fmt: skip
+    subprocess.run(cmd + ["--out", str(tmp_path / "straight")], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (killed / "hashes" / "00001.parquet").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(list((killed / "hashes").glob("*.parquet")))
+    assert 2 <= written < len(pool["ids"]) / 2 and not (killed / "dedup_stats.json").exists()
+    subprocess.run(cmd + ["--out", str(killed)], check=True, capture_output=True)
+
+    assert pq.read_table(killed / "dedup").equals(pq.read_table(tmp_path / "straight" / "dedup"))
+    hashes = [ShardedParquet(d / "hashes", HASHES).read() for d in (killed, tmp_path / "straight")]
+    assert hashes[0].equals(hashes[1])
+
+
+def test_shipped_config_is_the_defaults():
+    assert load_config(DedupConfig, "configs/dedup/default.yaml") == DedupConfig()
+
+
+def test_pca_hash_keeps_copies_close_and_distinct_images_apart():
+    originals = [Image.fromarray(make_photo(seed, 96, 72)) for seed in range(160)]
+    thumbs = [image_hashes(jpeg_bytes(im))["thumb"] for im in originals]
+    copies = [image_hashes(jpeg_bytes(edited_copy(im, kind, seed=i), quality=60))["thumb"]
+              for i, im in enumerate(originals[:20]) for kind in ("jpeg", "resize")]  # fmt: skip
+    pca = PCAHash(64).fit(thumbs)
+    bits = np.unpackbits(pca.codes(thumbs + copies), axis=1).astype(int)
+    originals_bits, copy_bits = bits[:160], bits[160:]
+    to_source = [int(np.abs(copy_bits[c] - originals_bits[c // 2]).sum()) for c in range(40)]
+    apart = np.abs(originals_bits[:, None] - originals_bits[None]).sum(-1)[np.triu_indices(160, 1)]
+    assert np.median(to_source) <= 2 and np.median(apart) >= 24
+    assert np.mean(np.array(to_source) <= DedupConfig().pca_radius) >= 0.9
+    assert np.mean(apart <= DedupConfig().pca_radius) < 0.001
+    with pytest.raises(ValueError, match="needs at least 64 thumbnails"):
+        PCAHash(64).fit(thumbs[:10])

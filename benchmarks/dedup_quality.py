@@ -15,23 +15,30 @@ plus components on 1e5 and 1e6 synthetic 512-d descriptors.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import imagehash
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curation.dedup.copy_graph import CopyGraphConfig, knn_edges, prepare
+from curation.dedup.copy_graph import CopyGraphConfig, DescriptorSpace, knn_edges
 from curation.dedup.hashes import PCAHash, hamming_pairs, int64_codes
-from curation.dedup.stage import DedupConfig, aligned_vectors, deduplicate, hash_pool
+from curation.dedup.stage import (
+    DedupConfig,
+    aligned_vectors,
+    copy_settings,
+    deduplicate,
+    hash_pool,
+)
 from curation.dedup.union_find import UnionFind
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
 from manifests.embeddings import EmbeddingStore
@@ -70,9 +77,13 @@ def _image_files() -> list[Path]:
     return sorted(files)
 
 
-def load_images(min_side: int = 64) -> dict[str, Image.Image]:
-    """Unique (by decoded pixels) RGB images, transparency flattened onto white."""
-    images, seen = {}, set()
+def load_images(min_side: int = 64, min_std: float = 20.0) -> dict[str, Image.Image]:
+    """Distinct RGB images, transparency flattened onto white: near-blank ones (grey-level
+    std below ``min_std``: some stamps flatten to white) are left out, and so is any image
+    whose pHash is within 6 bits of one already taken (the packages hold near-copies
+    themselves, e.g. one glyph in two sizes), so that the only copies are the ones made
+    here."""
+    images, seen = {}, []
     for path in _image_files():
         try:
             with Image.open(path) as raw:
@@ -83,9 +94,11 @@ def load_images(min_side: int = 64) -> dict[str, Image.Image]:
         image = Image.new("RGB", rgba.size, (255, 255, 255))
         image.paste(rgba, mask=rgba.getchannel("A"))
         image.thumbnail((MAX_SIDE, MAX_SIDE))
-        digest = hashlib.sha256(image.tobytes()).hexdigest()
-        if min(image.size) >= min_side and digest not in seen:
-            seen.add(digest)
+        if min(image.size) < min_side or np.asarray(image.convert("L")).std() < min_std:
+            continue
+        code = imagehash.phash(image)
+        if all(code - other > 6 for other in seen):
+            seen.append(code)
             images[f"{path.parent.name}/{path.stem}"] = image
     return images
 
@@ -96,10 +109,10 @@ def _jpeg(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def build_pool(images: dict[str, Image.Image], n_bases: int, out: Path):
+def build_pool(images: dict[str, Image.Image], n_bases: int, out: Path, seed: int = 0):
     """Manifest of bases, their edited copies and distractors; family (base index or -1)
     and transform per row."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     names = sorted(images)
     bases = set(rng.choice(len(names), size=min(n_bases, len(names) // 2), replace=False).tolist())
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -115,7 +128,7 @@ def build_pool(images: dict[str, Image.Image], n_bases: int, out: Path):
         add(name, images[name], i if i in bases else -1, "original" if i in bases else "other")
         if i in bases:
             for t in TRANSFORMS:
-                add(f"{name}#{t}", edited_copy(images[name], t, seed=i), i, t)
+                add(f"{name}#{t}", edited_copy(images[name], t, seed=seed * 100_000 + i), i, t)
     paths = [f"images/{i:06d}.jpg" for i in range(len(ids))]
     pq.write_table(pa.table({"id": ids, "path": paths}), out / "pool.parquet")
     return out / "pool.parquet", np.array(family), np.array(kind)
@@ -163,7 +176,7 @@ def _labels(n: int, *pair_sets) -> np.ndarray:
 
 def quality(args, workdir: Path) -> dict:
     images = load_images()
-    manifest, family, kind = build_pool(images, args.bases, workdir / "pool")
+    manifest, family, kind = build_pool(images, args.bases, workdir / "pool", args.seed)
     n = len(family)
     config = DedupConfig()
 
@@ -179,19 +192,32 @@ def quality(args, workdir: Path) -> dict:
     phash = hamming_pairs(int64_codes(hashes.column("phash").to_numpy()), config.phash_radius)
     thumbs = hashes.column("thumb").to_pylist()
     pca = hamming_pairs(PCAHash(config.pca_bits).fit(thumbs).codes(thumbs), config.pca_radius)
-    rows, vectors, _ = aligned_vectors(hashes.column("id").to_pylist(), store, config.copy.center)
-    edges = [(rows[a], rows[b]) for a, b, _ in knn_edges(vectors, config.copy)]
-    descriptor = (np.concatenate([e[0] for e in edges]), np.concatenate([e[1] for e in edges]))
+    copy = copy_settings(config.copy, store, [])
+    rows, raw = aligned_vectors(hashes.column("id").to_pylist(), store)
+    vectors = DescriptorSpace(copy.normalize, copy.whiten_dim).fit(raw).apply(raw)
+    sweep = {}
+    for threshold in sorted({0.5, 0.6, 0.7, 0.8, copy.threshold}):
+        edges = [
+            (rows[a], rows[b]) for a, b, _ in knn_edges(vectors, replace(copy, threshold=threshold))
+        ]
+        descriptor = (np.concatenate([e[0] for e in edges]), np.concatenate([e[1] for e in edges]))
+        sweep[threshold] = pair_scores(_labels(n, descriptor), family, kind)
     table, _ = deduplicate(hashes, store, [], config)  # the stage itself: all methods
-    methods = {"phash": _labels(n, phash), "pca_hash": _labels(n, pca),
-               "descriptor": _labels(n, descriptor),
-               "combined": table.column("copy_component").to_numpy()}  # fmt: skip
+    methods = {"phash": _labels(n, phash), "pca_hash": _labels(n, pca)}
+    scores = {m: pair_scores(labels, family, kind) for m, labels in methods.items()}
+    scores["descriptor"] = sweep[copy.threshold]
+    scores["combined"] = pair_scores(table.column("copy_component").to_numpy(), family, kind)
     return {
-        "images": n, "bases": int((kind == "original").sum()),
+        "seed": args.seed, "images": n, "bases": int((kind == "original").sum()),
         "distractors": int((kind == "other").sum()), "copies_per_base": len(TRANSFORMS),
-        "thresholds": {"phash_radius": config.phash_radius, "pca_radius": config.pca_radius,
-                       "cosine": config.copy.threshold, "center": config.copy.center},
-        "methods": {m: pair_scores(labels, family, kind) for m, labels in methods.items()},
+        "settings": {"phash_radius": config.phash_radius, "pca_radius": config.pca_radius,
+                     "descriptor": "efficientnet_lite0",
+                     **{k: getattr(copy, k) for k in ("normalize", "threshold", "k")}},
+        "methods": scores,
+        "descriptor_threshold_sweep": {
+            t: {k: v for k, v in sc.items() if k != "recall_per_transform"}
+            for t, sc in sweep.items()
+        },
         "hash_images_per_s": round(n / hash_s, 1), "embed_images_per_s": round(n / embed_s, 1),
     }  # fmt: skip
 
@@ -204,12 +230,12 @@ def synthetic_descriptors(n: int, dim: int = 512, seed: int = 0) -> np.ndarray:
     for offset in (1, 2, 3):
         noise = rng.standard_normal((len(originals), dim), dtype=np.float32)
         x[originals + offset] = x[originals] + 0.7 * noise
-    return prepare(x, None)
+    return DescriptorSpace("none").apply(x)
 
 
 def graph_timing(n: int) -> dict:
     vectors = synthetic_descriptors(n)
-    config = CopyGraphConfig()
+    config = CopyGraphConfig().resolved(None)  # the paper's 0.6 on raw cosine
     started = time.perf_counter()
     uf = UnionFind(n)
     edges = 0
@@ -229,8 +255,9 @@ def graph_timing(n: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bases", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0, help="which images are bases, and the edits")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-dedup"))
-    p.add_argument("--graph-sizes", default="1e5,1e6")
+    p.add_argument("--graph-sizes", default="1e5,1e6", help="comma-separated; empty: none")
     args = p.parse_args()
     ensure_packages()
     shutil.rmtree(args.workdir, ignore_errors=True)  # fresh timings, never a resume

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +17,14 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from builders import jpeg_bytes, path_manifest, skimage_photos
+from curation.dedup.copy_graph import CopyGraphConfig, DescriptorSpace
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes
-from curation.dedup.stage import DedupConfig, run_dedup
+from curation.dedup.stage import DedupConfig, copy_settings, run_dedup
 from curation.dedup.union_find import UnionFind
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
 from manifests.config import load_config
+from manifests.embeddings import EmbeddingStore
+from manifests.errors import ManifestError
 from manifests.parquet_io import ShardedParquet
 from manifests.schemas import HASHES
 from pipelines.near_duplicates import edited_copy
@@ -68,8 +72,12 @@ def _groups(table, column: str) -> set[frozenset[str]]:
     return {frozenset(g) for g in by_label.values()}
 
 
+# the pool is too small to learn a whitening: the paper's settings on centred descriptors
+SMALL_POOL = CopyGraphConfig(normalize="center", threshold=0.6, relative_threshold=0.45)
+
+
 def test_groups_components_and_kept_images_match_the_ground_truth(pool, tmp_path):
-    config = DedupConfig(rows_per_shard=10, num_workers=0)
+    config = DedupConfig(rows_per_shard=10, num_workers=0, copy=SMALL_POOL)
     stats = run_dedup([pool["manifest"]], tmp_path, pool["emb"], [pool["eval_emb"]], config,
                       progress=False)  # fmt: skip
     table = pq.read_table(tmp_path / "dedup")
@@ -159,7 +167,8 @@ def test_multi_index_hashing_finds_the_same_pairs_as_brute_force():
 def test_a_killed_run_resumes_to_identical_output(pool, tmp_path):
     cmd = [sys.executable, "-m", "pipelines.dedup", "--manifest", str(pool["manifest"]),
            "--embeddings", str(pool["emb"]), "--eval-embeddings", str(pool["eval_emb"]),
-           "--set", "rows_per_shard=2", "--no-progress"]  # fmt: skip
+           "--set", "rows_per_shard=2", "--set", "copy.normalize=center",
+           "--set", "copy.threshold=0.6", "--no-progress"]  # fmt: skip
     subprocess.run(cmd + ["--out", str(tmp_path / "straight")], check=True, capture_output=True)
 
     killed = tmp_path / "killed"
@@ -197,3 +206,34 @@ def test_pca_hash_keeps_copies_close_and_distinct_images_apart():
     assert np.mean(apart <= DedupConfig().pca_radius) < 0.001
     with pytest.raises(ValueError, match="needs at least 64 thumbnails"):
         PCAHash(64).fit(thumbs[:10])
+
+
+def test_copy_settings_come_from_the_model_unless_set(pool):
+    store = EmbeddingStore(pool["emb"])
+    assert store.meta()["copy_detection"]["normalize"] == "whiten"  # EfficientNet's calibration
+    resolved = copy_settings(CopyGraphConfig(), store, [EmbeddingStore(pool["eval_emb"])])
+    assert (resolved.normalize, resolved.threshold) == ("whiten", 0.72)
+    assert copy_settings(CopyGraphConfig(threshold=0.8), store, []).threshold == 0.8
+    assert CopyGraphConfig().resolved(None).threshold == 0.6  # no recommendation: the paper's
+
+    other = pool["root"] / "other-emb"
+    shutil.copytree(pool["eval_emb"], other)
+    meta = json.loads((other / "embed.json").read_text())
+    (other / "embed.json").write_text(json.dumps(meta | {"model": "torchscript:sscd.pt"}))
+    with pytest.raises(ManifestError, match="embedded with 'torchscript:sscd.pt'"):
+        copy_settings(CopyGraphConfig(), store, [EmbeddingStore(other)])
+
+
+def test_whitening_removes_what_all_descriptors_share():
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal(64)
+    x = 5 * shared + rng.standard_normal((600, 64)) * rng.uniform(0.2, 3, 64)  # anisotropic
+    centred = DescriptorSpace("center").fit(x).apply(x)
+    white = DescriptorSpace("whiten", 32).fit(x).apply(x)
+    raw = DescriptorSpace("none").apply(x)
+    assert np.mean(raw[:300] @ raw[300:].T) > 0.8  # unrelated vectors look alike
+    assert abs(np.mean(centred[:300] @ centred[300:].T)) < 0.05
+    assert white.shape == (600, 32)
+    top = np.linalg.svd(np.cov(white.T))[1]
+    assert top[0] / top[-1] < 3  # whitened: no direction dominates
+    assert DescriptorSpace("whiten", 32).fit(x[:20]).mode == "center"  # too few to whiten

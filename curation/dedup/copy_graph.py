@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import faiss
 import numpy as np
@@ -14,30 +15,75 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+PAPER_COPY_SETTINGS = {"normalize": "none", "threshold": 0.6, "relative_threshold": 0.45}
+NORMALIZATIONS = ("none", "center", "whiten")
+
+
 @dataclass
 class CopyGraphConfig:
+    """Unset (null) thresholds and normalization come from the embedding model's
+    recommendation in ``embed.json`` (see curation.embed), else the paper's SSCD values."""
+
     k: int = 64
-    threshold: float = 0.6  # cosine; the paper's self-dedup edge
-    relative_threshold: float = 0.45  # cosine to an evaluation image
-    center: bool = True  # subtract the pool mean, then re-normalize (see prepare)
+    threshold: float | None = None  # cosine of a self-dedup edge (paper: 0.6)
+    relative_threshold: float | None = None  # cosine to an evaluation image (paper: 0.45)
+    normalize: str | None = None  # none | center | whiten (see DescriptorSpace)
+    whiten_dim: int = 256
     exact_max: int = 200_000  # larger pools use an IVF index
     nprobe: int = 16
     chunk: int = 20_000  # queries per search call: the edge stream's granularity
     use_gpu: bool = True  # when faiss sees a GPU
 
+    def resolved(self, recommended: dict[str, Any] | None) -> CopyGraphConfig:
+        """A copy with every unset setting filled in from ``recommended``, else the paper's."""
+        settings = PAPER_COPY_SETTINGS | (recommended or {})
+        out = replace(self)
+        for key in PAPER_COPY_SETTINGS:
+            if getattr(out, key) is None:
+                setattr(out, key, settings[key])
+        if out.normalize not in NORMALIZATIONS:
+            raise ValueError(f"copy.normalize {out.normalize!r}: expected one of {NORMALIZATIONS}")
+        return out
 
-def prepare(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
-    """Subtract ``mean`` (if given) and L2-normalize, in float32.
 
-    Centring matters for descriptors that are not zero-mean (pooled CNN features are all
-    positive, so unrelated images have cosine 0.5 or more); it barely changes SSCD's.
+class DescriptorSpace:
+    """Where cosine similarities are taken, fitted on the pool's descriptors.
+
+    ``none``: L2-normalized as they are (SSCD's own space, where the paper's thresholds
+    hold). ``center``: minus the pool mean (pooled CNN features are all positive, so
+    unrelated images sit at cosine 0.5 or more). ``whiten``: PCA whitening to
+    ``whiten_dim`` dimensions (faiss.PCAMatrix, eigenvalue power -0.5), which damps the
+    few directions that say what an image shows and keeps those that say which image it
+    is; it needs more pool images than dimensions, else it falls back to ``center``.
     """
-    x = np.asarray(vectors, dtype=np.float32)
-    if mean is not None:
-        x = x - mean
-    x = np.ascontiguousarray(x)
-    faiss.normalize_L2(x)
-    return x
+
+    def __init__(self, mode: str, whiten_dim: int = 256) -> None:
+        self.mode, self.whiten_dim = mode, whiten_dim
+        self.mean: np.ndarray | None = None
+        self.pca: faiss.PCAMatrix | None = None
+
+    def fit(self, vectors: np.ndarray, sample: int = 200_000) -> DescriptorSpace:
+        x = np.asarray(vectors, dtype=np.float32)
+        if self.mode == "whiten" and len(x) <= self.whiten_dim:
+            log.warning("whitening needs more than %d descriptors, got %d: centring instead",
+                        self.whiten_dim, len(x))  # fmt: skip
+            self.mode = "center"
+        if self.mode == "center":
+            self.mean = x.mean(axis=0)
+        elif self.mode == "whiten":
+            chosen = np.random.default_rng(0).choice(len(x), min(sample, len(x)), replace=False)
+            self.pca = faiss.PCAMatrix(x.shape[1], min(self.whiten_dim, x.shape[1]), -0.5)
+            self.pca.train(np.ascontiguousarray(x[np.sort(chosen)]))
+        return self
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.mean is not None:
+            x = np.ascontiguousarray(x - self.mean)
+        if self.pca is not None:
+            x = self.pca.apply(x)
+        faiss.normalize_L2(x)
+        return x
 
 
 def build_index(base: np.ndarray, config: CopyGraphConfig) -> faiss.Index:

@@ -23,7 +23,13 @@ from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from curation.dedup.copy_graph import CopyGraphConfig, cross_edges, knn_edges, prepare
+from curation.dedup.copy_graph import (
+    PAPER_COPY_SETTINGS,
+    CopyGraphConfig,
+    DescriptorSpace,
+    cross_edges,
+    knn_edges,
+)
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes, int64_codes
 from curation.dedup.policy import reasons, representatives
 from curation.dedup.union_find import UnionFind, components_of_equal_values
@@ -103,21 +109,31 @@ def _union_pairs(uf: UnionFind, pairs: tuple[np.ndarray, np.ndarray]) -> int:
     return len(pairs[0])
 
 
-def aligned_vectors(
-    ids: list[str], store: EmbeddingStore, center: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(pool rows that have a vector, their prepared vectors, the pool mean if centring)."""
+def aligned_vectors(ids: list[str], store: EmbeddingStore) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of the pool that have a vector, those vectors), from an embedding directory."""
     emb_ids, vectors = store.read()
     row_of = {id_: row for row, id_ in enumerate(ids)}
     rows = np.array([row_of.get(i, -1) for i in emb_ids], dtype=np.int64)
     unknown = int((rows < 0).sum())
     if unknown:
         log.warning("%s: %d embedded ids are not in the pool; ignored", store.root, unknown)
-    vectors, rows = vectors[rows >= 0], rows[rows >= 0]
-    if len(rows) < len(ids):
-        log.warning("%d pool images have no embedding: no copy edges", len(ids) - len(rows))
-    mean = vectors.mean(axis=0) if center and len(vectors) else None
-    return rows, prepare(vectors, mean), mean
+    missing = len(ids) - int((rows >= 0).sum())
+    if missing:
+        log.warning("%d pool images have no embedding: no copy edges", missing)
+    return rows[rows >= 0], vectors[rows >= 0]
+
+
+def copy_settings(
+    config: CopyGraphConfig, pool: EmbeddingStore, evaluation: list[EmbeddingStore]
+) -> CopyGraphConfig:
+    """The copy-graph settings for this embedding model; evaluation sets must share it."""
+    meta = pool.meta() or {}
+    for store in evaluation:
+        other = (store.meta() or {}).get("model")
+        if other != meta.get("model"):
+            raise ManifestError(f"{store.root}: embedded with {other!r}, the pool with "
+                                f"{meta.get('model')!r}; embed both with one model")  # fmt: skip
+    return config.resolved(meta.get("copy_detection"))
 
 
 def deduplicate(
@@ -163,13 +179,19 @@ def deduplicate(
     tainted = np.zeros(n, bool)
     if embeddings is not None:
         started = time.perf_counter()
-        emb_rows, vectors, mean = aligned_vectors(ids, embeddings, config.copy.center)
+        copy = copy_settings(config.copy, embeddings, evaluation)
+        stats["copy_settings"] = {k: getattr(copy, k) for k in PAPER_COPY_SETTINGS}
+        emb_rows, raw = aligned_vectors(ids, embeddings)
+        space = DescriptorSpace(copy.normalize, copy.whiten_dim).fit(raw)
+        vectors = space.apply(raw)
         stats["edges"]["copy"] = 0
-        for a, b, _ in knn_edges(vectors, config.copy):
+        for a, b, _ in knn_edges(vectors, copy):
             stats["edges"]["copy"] += _union_pairs(uf, (emb_rows[a], emb_rows[b]))
         timings["copy_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        tainted = _touching_evaluation(emb_rows, vectors, mean, evaluation, n, config.copy)
+        for store in evaluation:
+            eval_vectors = space.apply(store.read()[1])
+            tainted[emb_rows[_near(vectors, eval_vectors, copy)]] = True
         timings["relative_s"] = time.perf_counter() - started
     components = uf.labels()
     tainted = np.isin(components, components[tainted])
@@ -195,22 +217,10 @@ def deduplicate(
     return table, stats
 
 
-def _touching_evaluation(
-    rows: np.ndarray,
-    vectors: np.ndarray,
-    mean: np.ndarray | None,
-    evaluation: list[EmbeddingStore],
-    n: int,
-    config: CopyGraphConfig,
-) -> np.ndarray:
-    """Pool rows with an evaluation image above the relative threshold."""
-    touched = np.zeros(n, bool)
-    for store in evaluation:
-        _, eval_vectors = store.read()
-        eval_vectors = prepare(eval_vectors, mean)
-        for a, _, _ in cross_edges(vectors, eval_vectors, 1, config.relative_threshold, config):
-            touched[rows[a]] = True
-    return touched
+def _near(vectors: np.ndarray, evaluation: np.ndarray, copy: CopyGraphConfig) -> np.ndarray:
+    """Rows of ``vectors`` with an evaluation image above the relative threshold."""
+    near = [a for a, _, _ in cross_edges(vectors, evaluation, 1, copy.relative_threshold, copy)]
+    return np.unique(np.concatenate(near)) if near else np.zeros(0, np.int64)
 
 
 def run_dedup(

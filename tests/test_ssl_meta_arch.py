@@ -27,10 +27,13 @@ def _batch(b: int = 4, n_local: int = 3) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("centering", ["sinkhorn_knopp", "ema"])
-def test_packed_and_per_size_forward_give_the_same_losses(centering):
+@pytest.mark.parametrize("separate", [True, False])
+def test_packed_and_per_size_forward_give_the_same_losses(centering, separate):
     batch = _batch()
     losses = [
-        _model(packed=packed, centering=centering).eval()(batch, teacher_temp=0.04)
+        _model(packed=packed, centering=centering, ibot_separate_head=separate).eval()(
+            batch, teacher_temp=0.04
+        )
         for packed in (True, False)
     ]
     for key in ("dino_loss", "ibot_loss", "koleo_loss", "loss"):

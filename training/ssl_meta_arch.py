@@ -37,7 +37,7 @@ class SSLConfig:
     head_hidden: int = 2048
     head_bottleneck: int = 256
     ibot_separate_head: bool = True
-    ibot_prototypes: int = 65536
+    ibot_prototypes: int = 65536  # with a separate iBOT head; a shared one has head_prototypes
     centering: str = "sinkhorn_knopp"  # or "ema"
     student_temp: float = 0.1
     dino_weight: float = 1.0
@@ -68,7 +68,8 @@ class SSLMetaArch(nn.Module):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.dino_center = EMACenter(config.head_prototypes)
-        self.ibot_center = EMACenter(config.ibot_prototypes)
+        ibot_out = config.ibot_prototypes if config.ibot_separate_head else config.head_prototypes
+        self.ibot_center = EMACenter(ibot_out)
 
     def _ibot_head(self, nets: nn.ModuleDict) -> nn.Module:
         return nets["ibot_head"] if self.config.ibot_separate_head else nets["dino_head"]

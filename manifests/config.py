@@ -41,6 +41,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
 
 
 def _check_type(value: Any, kind: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(kind):  # e.g. the items of a list[SomeConfig]
+        return from_dict(kind, value, where)
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(kind):
@@ -53,6 +55,12 @@ def _check_type(value: Any, kind: Any, where: str) -> Any:
         if value is None:
             return None
         raise ConfigError(f"{where}: expected null, found {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+        key_kind, value_kind = typing.get_args(kind) or (Any, Any)
+        return {_check_type(k, key_kind, where): _check_type(v, value_kind, f"{where}.{k}")
+                for k, v in value.items()}  # fmt: skip
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, found {value!r}")

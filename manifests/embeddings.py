@@ -78,3 +78,17 @@ class EmbeddingStore:
             ids += [i for i, k in zip(table.column("id").to_pylist(), keep, strict=True) if k]
             chunks.append(vectors[keep].astype(np.float32))
         return ids, np.concatenate(chunks)
+
+    @property
+    def model(self) -> str | None:
+        return (self.meta() or {}).get("model")
+
+
+def require_same_model(reference: EmbeddingStore, others: list[EmbeddingStore]) -> None:
+    """Similarities across embedding directories mean something only within one model."""
+    for store in others:
+        if store.model != reference.model:
+            raise ManifestError(
+                f"{store.root}: embedded with {store.model!r}, {reference.root} with "
+                f"{reference.model!r}; embed both with one model"
+            )

@@ -19,7 +19,7 @@ from typing import Any
 from manifests.atomic import commit, temporary_path
 from manifests.errors import ManifestError
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "JPEG", "JPG", "PNG")  # ImageNet: .JPEG
 
 
 def tar_shard_path(root: str | os.PathLike, index: int) -> Path:

@@ -108,4 +108,22 @@ DEDUP = ManifestSchema(
     ),
 )
 
-SCHEMAS: dict[str, ManifestSchema] = {s.name: s for s in (POOL, EMBEDDING_IDS, HASHES, DEDUP)}
+LVD = ManifestSchema(
+    name="lvd",
+    version=1,
+    arrow=pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("path", pa.string()),  # an image file, or
+            pa.field("tar", pa.string()),  # a tar shard and
+            pa.field("key", pa.string()),  # the sample key in it
+            pa.field("seed_sets", pa.list_(pa.string()), nullable=False),
+            pa.field("methods", pa.list_(pa.string()), nullable=False),  # as_is/sample/cluster
+            pa.field("seed_ids", pa.list_(pa.string())),  # seeds that retrieved it
+            pa.field("best_similarity", pa.float32()),  # cosine to a seed (or centroid)
+            pa.field("cluster", pa.int64()),  # pool cluster when retrieved by clustering
+        ]
+    ),
+)
+
+SCHEMAS: dict[str, ManifestSchema] = {s.name: s for s in (POOL, EMBEDDING_IDS, HASHES, DEDUP, LVD)}

@@ -12,6 +12,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from curation.index import SearchConfig, build_search_index
+
 log = logging.getLogger(__name__)
 
 
@@ -87,22 +89,12 @@ class DescriptorSpace:
 
 
 def build_index(base: np.ndarray, config: CopyGraphConfig) -> faiss.Index:
-    """Exact inner-product search up to ``exact_max`` vectors, IVF-Flat beyond; on all GPUs
-    when faiss was built with them and sees one."""
-    n, d = base.shape
-    if n <= config.exact_max:
-        index = faiss.IndexFlatIP(d)
-    else:
-        nlist = int(4 * math.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
-        index.train(base[np.sort(sample)])
-        index.nprobe = config.nprobe
-    if config.use_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-        log.info("copy graph on %d GPU(s)", faiss.get_num_gpus())
-    index.add(base)
-    return index
+    """Exact inner-product search up to ``exact_max`` vectors, IVF-Flat beyond (the graph
+    needs true cosines, so no PQ); on all GPUs when faiss sees one."""
+    nlist = max(1, int(4 * math.sqrt(len(base))))
+    search = SearchConfig(exact_max=config.exact_max, factory=f"IVF{nlist},Flat",
+                          nprobe=config.nprobe, use_gpu=config.use_gpu)  # fmt: skip
+    return build_search_index(base, search)
 
 
 def knn_edges(

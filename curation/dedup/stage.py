@@ -34,7 +34,7 @@ from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes, int64_co
 from curation.dedup.policy import reasons, representatives
 from curation.dedup.union_find import UnionFind, components_of_equal_values
 from manifests.atomic import write_bytes_atomic
-from manifests.embeddings import EmbeddingStore
+from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.errors import ManifestError
 from manifests.job import claim_directory
 from manifests.parquet_io import ShardedParquet
@@ -127,13 +127,8 @@ def copy_settings(
     config: CopyGraphConfig, pool: EmbeddingStore, evaluation: list[EmbeddingStore]
 ) -> CopyGraphConfig:
     """The copy-graph settings for this embedding model; evaluation sets must share it."""
-    meta = pool.meta() or {}
-    for store in evaluation:
-        other = (store.meta() or {}).get("model")
-        if other != meta.get("model"):
-            raise ManifestError(f"{store.root}: embedded with {other!r}, the pool with "
-                                f"{meta.get('model')!r}; embed both with one model")  # fmt: skip
-    return config.resolved(meta.get("copy_detection"))
+    require_same_model(pool, evaluation)
+    return config.resolved((pool.meta() or {}).get("copy_detection"))
 
 
 def deduplicate(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
@@ -37,27 +38,7 @@ def read_image_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
             table = table.filter(pc.equal(table.column("status"), "ok"))
         names = set(table.column_names)
         ids = table.column("id").to_pylist() if "id" in names else [None] * table.num_rows
-        if "path" in names:
-            sources = [(str(_resolve(file, p)), None) for p in table.column("path").to_pylist()]
-        elif {"tar", "key"} <= names:
-            tars = table.column("tar").to_pylist()
-            sources = [
-                (str(_resolve(file, t)), k)
-                for t, k in zip(tars, table.column("key").to_pylist(), strict=True)
-            ]
-        elif {"shard", "key"} <= names:
-            shards_dir = file.parent.parent.parent / "shards"  # <crawl>/manifest/pool/X.parquet
-            sources = [
-                (str(tar_shard_path(shards_dir, s)), k)
-                for s, k in zip(
-                    table.column("shard").to_pylist(), table.column("key").to_pylist(), strict=True
-                )
-            ]
-        else:
-            raise ManifestError(
-                f"{file}: no image location; expected a 'path' column, or 'tar' and 'key', "
-                f"or 'shard' and 'key' (found {sorted(names)})"
-            )
+        sources = _sources(file, table)
         labels = table.column("label").to_pylist() if "label" in names else [None] * len(sources)
         for i, (source, key) in enumerate(sources):
             rows.append(
@@ -69,6 +50,34 @@ def read_image_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def _sources(file: Path, table: pa.Table) -> list[tuple[str, str | None]]:
+    """(image file or tar shard, key inside the tar or None) of each row. A row is located
+    by ``path``, else by ``tar`` + ``key``, else by a crawl pool's ``shard`` + ``key``."""
+    names = set(table.column_names)
+    if not ({"path"} <= names or {"tar", "key"} <= names or {"shard", "key"} <= names):
+        raise ManifestError(
+            f"{file}: no image location; expected a 'path' column, or 'tar' and 'key', "
+            f"or 'shard' and 'key' (found {sorted(names)})"
+        )
+
+    def column(name: str) -> list[Any]:
+        return table.column(name).to_pylist() if name in names else [None] * table.num_rows
+
+    paths, tars, shards, keys = column("path"), column("tar"), column("shard"), column("key")
+    shards_dir = file.parent.parent.parent / "shards"  # <crawl>/manifest/pool/X.parquet
+    sources = []
+    for row, (path, tar, shard, key) in enumerate(zip(paths, tars, shards, keys, strict=True)):
+        if path is not None:
+            sources.append((str(_resolve(file, path)), None))
+        elif tar is not None and key is not None:
+            sources.append((str(_resolve(file, tar)), key))
+        elif shard is not None and key is not None:
+            sources.append((str(tar_shard_path(shards_dir, shard)), key))
+        else:
+            raise ManifestError(f"{file}: row {row} has no path, tar + key or shard + key")
+    return sources
 
 
 def _resolve(manifest: Path, path: str) -> Path:

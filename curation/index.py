@@ -1,0 +1,114 @@
+"""faiss k-means and nearest-neighbour search on L2-normalized vectors (cosine), on all GPUs
+faiss sees, else on the CPU.
+
+Search is exact (flat inner product) up to ``exact_max`` base vectors; beyond, an index
+from a faiss factory string, IVF-PQ by default, refined by exact distances of the
+shortlist so that PQ's approximation costs speed, not ranking.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def gpu_count(use_gpu: bool = True) -> int:
+    """GPUs faiss can use (0 with faiss-cpu, or when ``use_gpu`` is off)."""
+    return faiss.get_num_gpus() if use_gpu and hasattr(faiss, "get_num_gpus") else 0
+
+
+@dataclass
+class KMeansConfig:
+    k: int = 100_000  # the paper's pool clustering
+    niter: int = 20
+    nredo: int = 1  # runs from other random starts; the best objective wins
+    seed: int = 0
+    spherical: bool = True  # centroids renormalized: clusters by cosine
+    # faiss trains on at most k x this many points and drops the rest without a word;
+    # None trains on every point, a number subsamples and says so in the log
+    max_points_per_centroid: int | None = None
+    use_gpu: bool = True
+
+
+def kmeans(vectors: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids (k, d), the centroid of each vector (n,)); k is capped at n."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = x.shape
+    k = min(config.k, n)
+    per_centroid = config.max_points_per_centroid or math.ceil(n / k)
+    if n > k * per_centroid:
+        log.info("k-means trains on %d of %d points (max_points_per_centroid=%d)",
+                 k * per_centroid, n, per_centroid)  # fmt: skip
+    gpus = gpu_count(config.use_gpu)
+    km = faiss.Kmeans(d, k, niter=config.niter, nredo=config.nredo, seed=config.seed,
+                      spherical=config.spherical, max_points_per_centroid=per_centroid,
+                      min_points_per_centroid=1, gpu=gpus > 0, verbose=False)  # fmt: skip
+    log.info("k-means: %d points, k=%d, %s", n, k, f"{gpus} GPU(s)" if gpus else "CPU")
+    km.train(x)
+    _, assignment = km.index.search(x, 1)
+    return km.centroids, assignment[:, 0]
+
+
+@dataclass
+class SearchConfig:
+    exact_max: int = 100_000  # base vectors searched exactly; more use `factory`
+    factory: str | None = None  # faiss index_factory string; None: default_factory(n, d)
+    nprobe: int = 32
+    refine_factor: int = 16  # shortlist of k x this re-ranked exactly (factories with RFlat)
+    train_sample: int | None = None  # None: 64 x nlist, at most the base
+    batch: int = 16_384  # queries per call
+    use_gpu: bool = True
+
+
+def default_factory(n: int, d: int) -> str:
+    """IVF with about 4 sqrt(n) lists, PQ codes of d/4 bytes, exact re-ranking."""
+    nlist = max(1, int(4 * math.sqrt(n)))
+    m = max(1, d // 4)
+    while d % m:
+        m -= 1
+    return f"IVF{nlist},PQ{m}x8,RFlat"
+
+
+def build_search_index(base: np.ndarray, config: SearchConfig) -> faiss.Index:
+    """An inner-product index holding ``base`` (see the module docstring)."""
+    x = np.ascontiguousarray(base, dtype=np.float32)
+    n, d = x.shape
+    factory = "Flat" if n <= config.exact_max else (config.factory or default_factory(n, d))
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        ivf = faiss.extract_index_ivf(index)
+        sample = min(n, config.train_sample or 64 * ivf.nlist)
+        chosen = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False))
+        index.train(x[chosen])
+    gpus = gpu_count(config.use_gpu)
+    if gpus and "RFlat" not in factory:  # faiss has no GPU refine wrapper
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(x)
+    if factory != "Flat":
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", config.nprobe)
+        if "RFlat" in factory:
+            faiss.downcast_index(index).k_factor = config.refine_factor
+    log.info("search index %s over %d vectors on %s", factory, n,
+             f"{gpus} GPU(s)" if gpus and "RFlat" not in factory else "CPU")  # fmt: skip
+    return index
+
+
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, batch: int = 16_384
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, base rows), each (n_queries, k); rows are -1 where fewer exist."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    sims, rows = [], []
+    for start in range(0, len(q), batch):
+        s, r = index.search(q[start : start + batch], k)
+        sims.append(s)
+        rows.append(r)
+    if not sims:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(sims), np.concatenate(rows)

@@ -1,0 +1,154 @@
+"""The retrieval stage: kept pool images + seed sets -> the LVD manifest (schema ``lvd/1``)
+that ``python -m training.train --manifest`` reads, and a per-seed-set table like the
+paper's Table 15."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.index import KMeansConfig, SearchConfig
+from curation.retrieval import (
+    METHODS,
+    Candidates,
+    PoolClusters,
+    SeedSetPlan,
+    merge_provenance,
+    sample_clusters,
+    sample_nearest,
+)
+from manifests.atomic import write_bytes_atomic
+from manifests.config import ConfigError
+from manifests.embeddings import EmbeddingStore, require_same_model
+from manifests.errors import ManifestError
+from manifests.parquet_io import ShardedParquet, read_manifest
+from manifests.schemas import DEDUP, LVD
+from training.data.dataset import read_image_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolInputs:
+    manifest: list[str] = field(default_factory=list)  # the crawl's pool manifest
+    embeddings: str = ""  # pipelines.embed output for the pool
+    dedup: str | None = None  # pipelines.dedup output: only kept images are candidates
+
+
+@dataclass
+class RetrievalConfig:
+    pool: PoolInputs = field(default_factory=PoolInputs)
+    seed_sets: list[SeedSetPlan] = field(default_factory=list)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    rows_per_shard: int = 100_000
+    seed: int = 0  # random choices of the cluster method
+
+    def validate(self) -> None:
+        if not self.pool.embeddings or not self.pool.manifest:
+            raise ConfigError("pool.manifest and pool.embeddings are required")
+        if not self.seed_sets:
+            raise ConfigError("seed_sets: at least one seed set is required")
+        for plan in self.seed_sets:
+            if plan.method not in METHODS:
+                raise ConfigError(f"seed set {plan.name}: method {plan.method!r} not in {METHODS}")
+            if plan.method == "as_is" and not plan.manifest:
+                raise ConfigError(f"seed set {plan.name}: as_is needs its manifest")
+
+
+def _location(row: dict[str, Any]) -> dict[str, str | None]:
+    if row["key"] is None:
+        return {"path": row["source"], "tar": None, "key": None}
+    return {"path": None, "tar": row["source"], "key": row["key"]}
+
+
+def _candidate_pool(pool: PoolInputs) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
+    """(ids, vectors, image rows) of the pool images that were embedded and kept."""
+    ids, vectors = EmbeddingStore(pool.embeddings).read()
+    rows = {r["id"]: r for r in read_image_rows(pool.manifest)}
+    keep = np.array([i in rows for i in ids])
+    if pool.dedup is not None:
+        dedup = read_manifest([Path(pool.dedup) / "dedup"], DEDUP, ["id", "keep"])
+        kept = set(dedup.filter(pc.field("keep")).column("id").to_pylist())
+        keep &= np.array([i in kept for i in ids])
+    log.info("retrieval candidates: %d of %d embedded pool images", int(keep.sum()), len(ids))
+    ids = [i for i, k in zip(ids, keep, strict=True) if k]
+    return ids, vectors[keep], [rows[i] for i in ids]
+
+
+def _as_is_rows(plan: SeedSetPlan) -> list[dict[str, Any]]:
+    rows = read_image_rows(plan.manifest)
+    if not rows:
+        raise ManifestError(f"seed set {plan.name}: {plan.manifest} lists no images")
+    return [{"id": r["id"], **_location(r), "seed_sets": [plan.name], "methods": ["as_is"],
+             "seed_ids": [r["id"]], "best_similarity": None, "cluster": None}
+            for r in rows]  # fmt: skip
+
+
+def build_lvd(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
+    """Write ``out/lvd/NNNNN.parquet`` and ``out/retrieval_stats.json``; returns the stats."""
+    config.validate()
+    pool_ids, pool, pool_rows = _candidate_pool(config.pool)
+    pool_store = EmbeddingStore(config.pool.embeddings)
+    rng = np.random.default_rng(config.seed)
+    clusters: PoolClusters | None = None
+    retrieved: dict[str, tuple[str, Candidates]] = {}
+    as_is: list[dict[str, Any]] = []
+    table15 = []
+    for plan in config.seed_sets:
+        entry = {"seed_set": plan.name, "method": plan.method}
+        if plan.method == "as_is":
+            rows = _as_is_rows(plan)
+            as_is += rows
+            entry |= {"seed_images": len(rows), "retrieved": len(rows), "after_cap": len(rows)}
+            table15.append(entry)
+            continue
+        store = EmbeddingStore(plan.embeddings)
+        require_same_model(pool_store, [store])
+        seed_ids, seeds = store.read()
+        if plan.method == "sample":
+            found = sample_nearest(pool, seeds, seed_ids, plan.k, config.search)
+            before_cap = len(np.unique(found.pool_rows))
+        else:
+            clusters = clusters or PoolClusters.of(pool, config.kmeans)
+            found, before_cap = sample_clusters(clusters, pool, seeds, plan, rng)
+        retrieved[plan.name] = (plan.method, found)
+        entry |= {"seed_images": len(seed_ids), "retrieved": before_cap,
+                  "after_cap": len(np.unique(found.pool_rows))}  # fmt: skip
+        table15.append(entry)
+
+    merged = merge_provenance(retrieved).to_pylist()
+    rows = [{"id": pool_ids[m["pool_row"]], **_location(pool_rows[m["pool_row"]]),
+             **{k: v for k, v in m.items() if k != "pool_row"}} for m in merged]  # fmt: skip
+    rows = _merge_by_id(rows + as_is)
+    table = pa.Table.from_pylist(rows, schema=LVD.arrow)
+    store = ShardedParquet(Path(out) / "lvd", LVD)
+    store.remove_partial()
+    for index in range(max(1, math.ceil(table.num_rows / config.rows_per_shard))):
+        store.write(index, table.slice(index * config.rows_per_shard, config.rows_per_shard))
+    stats = {"images": table.num_rows, "candidates": len(pool_ids), "seed_sets": table15}
+    write_bytes_atomic(Path(out) / "retrieval_stats.json", json.dumps(stats, indent=1).encode())
+    return stats
+
+
+def _merge_by_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per id (a seed image taken as is may also be a retrieved pool image)."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        seen = by_id.get(row["id"])
+        if seen is None:
+            by_id[row["id"]] = row
+            continue
+        for key in ("seed_sets", "methods", "seed_ids"):
+            seen[key] = sorted(set(seen[key] or []) | set(row[key] or []))
+        sims = [s for s in (seen["best_similarity"], row["best_similarity"]) if s is not None]
+        seen["best_similarity"] = max(sims) if sims else None
+    return list(by_id.values())

@@ -1,0 +1,133 @@
+"""Retrieval around seed sets (the paper's step 5): from the kept pool images and the seed
+sets' embeddings to the LVD manifest.
+
+Per seed set, one of:
+
+- ``as_is``: the seed set's own images, whole.
+- ``sample``: the k nearest kept pool images of each seed image (k = 4 in the paper for
+  ImageNet-22k and GLDv2, 32 for ImageNet-1k).
+- ``cluster``: the pool is clustered once (k-means, 100,000 clusters in the paper); every
+  cluster holding more than ``min_seeds`` seed images contributes up to ``per_cluster``
+  of its pool images (random), and the seed set at most ``cap`` (random).
+
+A pool image retrieved by several seeds or seed sets is one row whose provenance lists
+them all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from curation.index import KMeansConfig, SearchConfig, build_search_index, kmeans, search
+
+log = logging.getLogger(__name__)
+
+METHODS = ("as_is", "sample", "cluster")
+
+
+@dataclass
+class SeedSetPlan:
+    name: str
+    embeddings: str = ""  # pipelines.embed output for the seed set (not used by as_is)
+    method: str = "sample"  # as_is | sample | cluster
+    manifest: list[str] = field(default_factory=list)  # as_is: where its images are
+    k: int = 4  # sample: neighbours per seed image
+    min_seeds: int = 3  # cluster: a cluster needs more seed images than this
+    per_cluster: int = 10_000  # cluster: pool images taken from each chosen cluster
+    cap: int = 1_000_000  # cluster: pool images per seed set at most
+
+
+@dataclass
+class Candidates:
+    """Pool images one seed set retrieved, one entry per (pool image, seed) pair."""
+
+    pool_rows: np.ndarray
+    seed_ids: list[str | None]
+    similarity: np.ndarray
+    cluster: np.ndarray  # -1 where not retrieved by clustering
+
+
+def sample_nearest(
+    pool: np.ndarray, seeds: np.ndarray, seed_ids: list[str], k: int, config: SearchConfig
+) -> Candidates:
+    """The k nearest pool vectors of every seed vector."""
+    k = min(k, len(pool))
+    sims, rows = search(build_search_index(pool, config), seeds, k, config.batch)
+    found = rows >= 0
+    seed_of = np.repeat(np.arange(len(seeds)), k).reshape(len(seeds), k)[found]
+    return Candidates(rows[found], [seed_ids[i] for i in seed_of], sims[found],
+                      np.full(int(found.sum()), -1))  # fmt: skip
+
+
+@dataclass
+class PoolClusters:
+    centroids: np.ndarray
+    assignment: np.ndarray  # cluster of each pool vector
+
+    @classmethod
+    def of(cls, pool: np.ndarray, config: KMeansConfig) -> PoolClusters:
+        return cls(*kmeans(pool, config))
+
+    def members(self) -> dict[int, np.ndarray]:
+        order = np.argsort(self.assignment, kind="stable")
+        ids, starts = np.unique(self.assignment[order], return_index=True)
+        return dict(zip(ids.tolist(), np.split(order, starts[1:]), strict=True))
+
+
+def sample_clusters(
+    clusters: PoolClusters,
+    pool: np.ndarray,
+    seeds: np.ndarray,
+    plan: SeedSetPlan,
+    rng: np.random.Generator,
+) -> tuple[Candidates, int]:
+    """Pool images of the clusters with more than ``min_seeds`` seeds, ``per_cluster`` each
+    and ``cap`` in all; also returns the count before the cap. Similarity: to the centroid."""
+    centroid_index = build_search_index(clusters.centroids, SearchConfig(exact_max=2**62))
+    _, nearest = search(centroid_index, seeds, 1)
+    seeds_per_cluster = np.bincount(nearest[:, 0], minlength=len(clusters.centroids))
+    chosen = np.flatnonzero(seeds_per_cluster > plan.min_seeds)
+    members = clusters.members()
+    picked = []
+    for c in chosen:
+        rows = members.get(int(c), np.zeros(0, np.int64))
+        if len(rows) > plan.per_cluster:
+            rows = np.sort(rng.choice(rows, size=plan.per_cluster, replace=False))
+        picked.append(rows)
+    rows = np.concatenate(picked) if picked else np.zeros(0, np.int64)
+    before_cap = len(rows)
+    if len(rows) > plan.cap:
+        rows = np.sort(rng.choice(rows, size=plan.cap, replace=False))
+    cluster = clusters.assignment[rows]
+    similarity = np.einsum("ij,ij->i", pool[rows], clusters.centroids[cluster])
+    return Candidates(rows, [None] * len(rows), similarity, cluster), before_cap
+
+
+def merge_provenance(per_set: dict[str, tuple[str, Candidates]]) -> pa.Table:
+    """One row per retrieved pool image: pool_row, seed_sets, methods, seed_ids,
+    best_similarity, cluster (null unless clustered)."""
+    parts = []
+    for name, (method, c) in per_set.items():
+        parts.append(pa.table({
+            "pool_row": pa.array(c.pool_rows, pa.int64()),
+            "seed_set": pa.array([name] * len(c.pool_rows), pa.string()),
+            "method": pa.array([method] * len(c.pool_rows), pa.string()),
+            "seed_id": pa.array(c.seed_ids, pa.string()),
+            "similarity": pa.array(c.similarity, pa.float32()),
+            "cluster": pa.array(np.where(c.cluster >= 0, c.cluster, None), pa.int64()),
+        }))  # fmt: skip
+    if not parts:
+        return pa.table({"pool_row": pa.array([], pa.int64())})
+    grouped = pa.concat_tables(parts).group_by("pool_row").aggregate([
+        ("seed_set", "distinct"), ("method", "distinct"), ("seed_id", "distinct"),
+        ("similarity", "max"), ("cluster", "max"),
+    ])  # fmt: skip
+    grouped = grouped.sort_by("pool_row")
+    names = {"seed_set_distinct": "seed_sets", "method_distinct": "methods",
+             "seed_id_distinct": "seed_ids", "similarity_max": "best_similarity",
+             "cluster_max": "cluster"}  # fmt: skip
+    return grouped.rename_columns([names.get(n, n) for n in grouped.column_names])

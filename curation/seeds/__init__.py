@@ -1,0 +1,1 @@
+"""Seed sets: the curated datasets retrieval starts from, read from their own layouts."""

@@ -1,0 +1,44 @@
+"""Which adapter and root each seed set name resolves to: a config file's ``roots`` and
+``adapters``, overridden by ``--seed-root NAME=PATH``; a name that is an adapter (e.g.
+``imagenet22k``, ``gldv2``) needs no adapter entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.seeds.adapters import ADAPTERS, Adapter
+from manifests.atomic import atomic_path
+from manifests.config import ConfigError
+
+
+@dataclass
+class SeedSetsConfig:
+    roots: dict[str, str] = field(default_factory=dict)  # seed set name -> root
+    adapters: dict[str, str] = field(default_factory=dict)  # seed set name -> adapter
+
+
+def resolve(name: str, config: SeedSetsConfig) -> tuple[Adapter, str]:
+    adapter_name = config.adapters.get(name, name)
+    if adapter_name not in ADAPTERS:
+        raise ConfigError(f"seed set {name}: no adapter {adapter_name!r}; set adapters.{name} "
+                          f"to one of {sorted(ADAPTERS)}")  # fmt: skip
+    if name not in config.roots:
+        raise ConfigError(f"seed set {name}: no root; give --seed-root {name}=PATH "
+                          f"({ADAPTERS[adapter_name].layout})")  # fmt: skip
+    return ADAPTERS[adapter_name], config.roots[name]
+
+
+def write_seed_manifest(name: str, config: SeedSetsConfig, out: str | Path) -> tuple[Path, int]:
+    """``out/<name>.parquet``: id, path, tar, key, label for every image of the seed set."""
+    adapter, root = resolve(name, config)
+    rows = adapter.rows(name, root)
+    schema = pa.schema([("id", pa.string()), ("path", pa.string()), ("tar", pa.string()),
+                        ("key", pa.string()), ("label", pa.int64())])  # fmt: skip
+    path = Path(out) / f"{name}.parquet"
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    return path, len(rows)

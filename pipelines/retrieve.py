@@ -1,0 +1,41 @@
+"""CLI: ``python -m pipelines.retrieve --config CONFIG --out DIR [--set key=value ...]``.
+
+Builds the LVD manifest (``DIR/lvd/NNNNN.parquet``, schema ``lvd/1``) from the kept pool
+images and the seed sets named in the config (see ``configs/retrieve/example.yaml`` and
+:class:`curation.lvd_manifest.RetrievalConfig`), and ``DIR/retrieval_stats.json`` with
+one line per seed set: method, seed images, retrieved before and after the cap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from curation.lvd_manifest import RetrievalConfig, build_lvd
+from manifests.config import load_config
+from pipelines.cli import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.retrieve", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--config", required=True, metavar="YAML")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def retrieve() -> str:
+        stats = build_lvd(load_config(RetrievalConfig, args.config, args.set), args.out)
+        return json.dumps(stats)
+
+    return run_cli(retrieve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

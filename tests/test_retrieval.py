@@ -1,0 +1,145 @@
+"""Retrieval on synthetic embeddings with known structure: k-means, IVF-PQ, the three
+strategies, provenance merging, and an LVD manifest the trainer reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.index import KMeansConfig, SearchConfig, build_search_index, kmeans, search
+from curation.lvd_manifest import PoolInputs, RetrievalConfig, build_lvd
+from curation.retrieval import SeedSetPlan
+from manifests.config import load_config
+from manifests.embeddings import EmbeddingStore
+from manifests.errors import ManifestError
+from manifests.parquet_io import read_manifest
+from manifests.schemas import DEDUP, LVD
+from pipelines.synthetic_images import encode, make_photo
+from training.data.dataset import ManifestImageDataset
+
+DIM, CLUSTERS, PER_CLUSTER = 16, 8, 50
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n_clusters: int, per: int, dim: int, spread: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.standard_normal((n_clusters, dim)))
+    labels = np.repeat(np.arange(n_clusters), per)
+    return _unit(centres[labels] + spread * rng.standard_normal((len(labels), dim))), labels
+
+
+def _embeddings(root, ids, vectors, model="synthetic") -> str:
+    store = EmbeddingStore(root)
+    store.claim({"model": model, "dim": vectors.shape[1]})
+    store.write(0, list(ids), np.ones(len(ids), bool), vectors)
+    return str(root)
+
+
+@pytest.fixture
+def world(tmp_path):
+    vectors, labels = clustered(CLUSTERS, PER_CLUSTER, DIM, spread=0.05)
+    ids = [f"p{i:03d}" for i in range(len(vectors))]
+    (tmp_path / "img").mkdir()
+    for i in range(0, len(ids), 25):  # a few real files: the trainer decodes these
+        (tmp_path / "img" / f"{ids[i]}.jpg").write_bytes(encode(make_photo(i, 64, 48)))
+    pq.write_table(pa.table({"id": ids, "path": [f"img/{i}.jpg" for i in ids]}),
+                   tmp_path / "pool.parquet")  # fmt: skip
+    dropped = set(ids[1::10])  # the dedup stage dropped these
+    dedup = pa.table({"id": ids, "exact_group": range(len(ids)), "hash_group": range(len(ids)),
+                      "copy_component": range(len(ids)), "keep": [i not in dropped for i in ids],
+                      "reason": [None] * len(ids), "representative": ids})  # fmt: skip
+    (tmp_path / "dedup" / "dedup").mkdir(parents=True)
+    pq.write_table(dedup.cast(DEDUP.arrow), tmp_path / "dedup" / "dedup" / "00000.parquet")
+    embeddings = _embeddings(tmp_path / "emb", ids, vectors)
+    pool = PoolInputs([str(tmp_path / "pool.parquet")], embeddings, str(tmp_path / "dedup"))
+    return {"root": tmp_path, "ids": ids, "vectors": vectors, "labels": labels,
+            "dropped": dropped, "pool": pool}  # fmt: skip
+
+
+def _seed_set(world, name: str, vectors: np.ndarray, **plan) -> SeedSetPlan:
+    ids = [f"{name}-{i}" for i in range(len(vectors))]
+    root = world["root"] / f"seed-{name}"
+    return SeedSetPlan(name=name, embeddings=_embeddings(root, ids, vectors), **plan)
+
+
+def test_kmeans_recovers_separated_clusters_and_ivfpq_agrees_with_exact_search():
+    vectors, labels = clustered(12, 300, 32, spread=0.1)
+    _, assignment = kmeans(vectors, KMeansConfig(k=12, niter=25, nredo=10))
+    pairs = set(zip(assignment.tolist(), labels.tolist(), strict=True))
+    assert len(pairs) == 12  # every cluster found whole
+
+    queries = vectors[::7] + 0.01
+    exact = search(build_search_index(vectors, SearchConfig()), queries, 4)[1]
+    ivfpq = build_search_index(vectors, SearchConfig(exact_max=0))  # IVF-PQ, refined
+    approx = search(ivfpq, queries, 4)[1]
+    recall = np.mean([len(set(a) & set(e)) / 4 for a, e in zip(approx, exact, strict=True)])
+    assert recall >= 0.95
+
+
+def test_three_strategies_dedup_filter_merged_provenance_and_a_trainable_manifest(world):
+    vectors, labels, ids = world["vectors"], world["labels"], world["ids"]
+    rng = np.random.default_rng(5)
+    near = _unit(vectors[[3, 160, 161]] + 0.01 * rng.standard_normal((3, DIM)))
+    in_cluster = lambda c, n: _unit(vectors[labels == c][:n] + 0.02)  # noqa: E731
+    clustered_seeds = np.concatenate([in_cluster(2, 4), in_cluster(5, 5), in_cluster(6, 2)])
+    whole = world["root"] / "whole.parquet"
+    paths = [f"img/{ids[0]}.jpg", f"img/{ids[25]}.jpg"]
+    pq.write_table(pa.table({"id": ["w0", "w1"], "path": paths}), whole)
+    config = RetrievalConfig(
+        pool=world["pool"],
+        seed_sets=[
+            _seed_set(world, "near", near, method="sample", k=3),
+            _seed_set(world, "clus", clustered_seeds, method="cluster", min_seeds=3,
+                      per_cluster=20, cap=30),
+            SeedSetPlan(name="whole", method="as_is", manifest=[str(whole)]),
+        ],
+        kmeans=KMeansConfig(k=CLUSTERS, niter=25, nredo=10),
+    )  # fmt: skip
+    stats = build_lvd(config, world["root"] / "out")
+    table = read_manifest([world["root"] / "out" / "lvd"], LVD)
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert len(rows) == table.num_rows  # one row per image
+
+    kept = np.array([i not in world["dropped"] for i in ids])
+    for s, seed in enumerate(near):  # sample: exactly the 3 nearest kept pool images
+        sims = np.where(kept, vectors @ seed, -np.inf)
+        truth = {ids[j] for j in np.argsort(-sims)[:3]}
+        assert truth == {i for i, r in rows.items() if f"near-{s}" in (r["seed_ids"] or [])}
+    clus = [r for r in rows.values() if "clus" in r["seed_sets"]]
+    assert len(clus) == 30  # 2 clusters with > 3 seeds x 20, then the cap of 30
+    assert {labels[ids.index(r["id"])] for r in clus} == {2, 5}
+    assert not set(rows) & world["dropped"]  # only kept pool images
+    both = [r for r in rows.values() if {"near", "clus"} <= set(r["seed_sets"])]
+    assert all(set(r["methods"]) == {"sample", "cluster"} for r in both)
+    assert rows["w0"]["methods"] == ["as_is"] and rows["w0"]["path"].endswith(f"{ids[0]}.jpg")
+    by_set = {e["seed_set"]: e for e in stats["seed_sets"]}
+    assert by_set["clus"] == {"seed_set": "clus", "method": "cluster", "seed_images": 11,
+                              "retrieved": 40, "after_cap": 30}  # fmt: skip
+    assert json.loads((world["root"] / "out" / "retrieval_stats.json").read_text()) == stats
+
+    decodable = world["root"] / "decodable.parquet"  # the trainer reads the LVD rows
+    pq.write_table(table.filter(pa.compute.is_in(table.column("id"),
+                   pa.array(["w0", "w1"]))), decodable)  # fmt: skip
+    dataset = ManifestImageDataset.from_manifests([decodable])
+    assert len(dataset) == 2 and dataset[0].shape == (3, 48, 64)
+
+
+def test_seed_sets_of_another_model_and_bad_configs_are_refused(world, tmp_path):
+    other = SeedSetPlan("other", _embeddings(tmp_path / "o", ["o0"], world["vectors"][:1],
+                                             model="vit:run"))  # fmt: skip
+    with pytest.raises(ManifestError, match="embedded with 'vit:run'"):
+        build_lvd(RetrievalConfig(pool=world["pool"], seed_sets=[other]), tmp_path / "out")
+    path = tmp_path / "r.yaml"
+    path.write_text("pool: {manifest: [p], embeddings: e}\nseed_sets:\n"
+                    "  - {name: a, embeddings: x, method: nearest}\n")  # fmt: skip
+    config = load_config(RetrievalConfig, path)
+    assert config.seed_sets[0].name == "a"  # lists of sections load as dataclasses
+    with pytest.raises(Exception, match="method 'nearest' not in"):
+        build_lvd(config, tmp_path / "out")

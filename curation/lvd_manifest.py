@@ -115,7 +115,7 @@ def build_lvd(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
         require_same_model(pool_store, [store])
         seed_ids, seeds = store.read()
         if plan.method == "sample":
-            found = sample_nearest(pool, seeds, seed_ids, plan.k, config.search)
+            found = sample_nearest(pool, seeds, seed_ids, plan.neighbours, config.search)
             before_cap = len(np.unique(found.pool_rows))
         else:
             clusters = clusters or PoolClusters.of(pool, config.kmeans)

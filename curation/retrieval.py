@@ -35,10 +35,17 @@ class SeedSetPlan:
     embeddings: str = ""  # pipelines.embed output for the seed set (not used by as_is)
     method: str = "sample"  # as_is | sample | cluster
     manifest: list[str] = field(default_factory=list)  # as_is: where its images are
-    k: int = 4  # sample: neighbours per seed image
+    k: int | None = None  # sample: neighbours per seed image; None: 32 for imagenet1k, else 4
     min_seeds: int = 3  # cluster: a cluster needs more seed images than this
     per_cluster: int = 10_000  # cluster: pool images taken from each chosen cluster
     cap: int = 1_000_000  # cluster: pool images per seed set at most
+
+    @property
+    def neighbours(self) -> int:
+        """The paper's k: 4 for ImageNet-22k and GLDv2, 32 for ImageNet-1k."""
+        if self.k is not None:
+            return self.k
+        return 32 if self.name == "imagenet1k" else 4
 
 
 @dataclass

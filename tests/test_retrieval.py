@@ -18,6 +18,7 @@ from manifests.embeddings import EmbeddingStore
 from manifests.errors import ManifestError
 from manifests.parquet_io import read_manifest
 from manifests.schemas import DEDUP, LVD
+from pipelines import retrieve as retrieve_cli
 from pipelines.synthetic_images import encode, make_photo
 from training.data.dataset import ManifestImageDataset
 
@@ -86,7 +87,7 @@ def test_kmeans_recovers_separated_clusters_and_ivfpq_agrees_with_exact_search()
 def test_three_strategies_dedup_filter_merged_provenance_and_a_trainable_manifest(world):
     vectors, labels, ids = world["vectors"], world["labels"], world["ids"]
     rng = np.random.default_rng(5)
-    near = _unit(vectors[[3, 160, 161]] + 0.01 * rng.standard_normal((3, DIM)))
+    near = _unit(vectors[[3, 110, 111]] + 0.01 * rng.standard_normal((3, DIM)))  # 110: cluster 2
     in_cluster = lambda c, n: _unit(vectors[labels == c][:n] + 0.02)  # noqa: E731
     clustered_seeds = np.concatenate([in_cluster(2, 4), in_cluster(5, 5), in_cluster(6, 2)])
     whole = world["root"] / "whole.parquet"
@@ -117,7 +118,8 @@ def test_three_strategies_dedup_filter_merged_provenance_and_a_trainable_manifes
     assert {labels[ids.index(r["id"])] for r in clus} == {2, 5}
     assert not set(rows) & world["dropped"]  # only kept pool images
     both = [r for r in rows.values() if {"near", "clus"} <= set(r["seed_sets"])]
-    assert all(set(r["methods"]) == {"sample", "cluster"} for r in both)
+    assert both and all(set(r["methods"]) == {"sample", "cluster"} for r in both)
+    assert all(r["cluster"] is not None and r["seed_ids"] for r in both)
     assert rows["w0"]["methods"] == ["as_is"] and rows["w0"]["path"].endswith(f"{ids[0]}.jpg")
     by_set = {e["seed_set"]: e for e in stats["seed_sets"]}
     assert by_set["clus"] == {"seed_set": "clus", "method": "cluster", "seed_images": 11,
@@ -143,3 +145,23 @@ def test_seed_sets_of_another_model_and_bad_configs_are_refused(world, tmp_path)
     assert config.seed_sets[0].name == "a"  # lists of sections load as dataclasses
     with pytest.raises(Exception, match="method 'nearest' not in"):
         build_lvd(config, tmp_path / "out")
+
+
+def test_paper_k_per_seed_set():
+    assert SeedSetPlan("imagenet1k").neighbours == 32
+    assert SeedSetPlan("imagenet22k").neighbours == SeedSetPlan("gldv2").neighbours == 4
+    assert SeedSetPlan("imagenet1k", k=8).neighbours == 8
+
+
+def test_retrieve_cli_from_a_yaml_config(world, tmp_path, capsys):
+    seeds = _seed_set(world, "near", world["vectors"][:2], method="sample", k=2)
+    pool = world["pool"]
+    config = tmp_path / "r.yaml"
+    config.write_text(json.dumps({  # JSON is YAML
+        "pool": {"manifest": pool.manifest, "embeddings": pool.embeddings, "dedup": pool.dedup},
+        "seed_sets": [{"name": "near", "embeddings": seeds.embeddings, "method": "sample",
+                       "k": 2}]}))  # fmt: skip
+    assert retrieve_cli.main(["--config", str(config), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads(capsys.readouterr().out)["seed_sets"][0]["after_cap"] == 4
+    assert retrieve_cli.main(["--config", str(tmp_path / "none.yaml"), "--out", "x"]) == 2
+    assert "none.yaml: cannot read config" in capsys.readouterr().err

@@ -103,3 +103,10 @@ def test_cli_writes_a_manifest_per_seed_set(tmp_path, capsys):
     assert [r["label"] for r in dataset.rows] == [0, 1] and dataset[1].shape == (3, 30, 40)
     assert cli.main(["--seed-sets", "gldv2", "--out", str(tmp_path / "out")]) == 2
     assert "no root; give --seed-root gldv2=PATH" in capsys.readouterr().err
+
+
+def test_manifest_adapter_passes_rows_through(tmp_path):
+    _write(tmp_path / "a.jpg", _jpeg(1))
+    pq.write_table(pa.table({"id": ["x"], "path": ["a.jpg"], "label": [3]}), tmp_path / "m.parquet")
+    (row,) = ADAPTERS["manifest"].rows("mine", tmp_path / "m.parquet")
+    assert row["id"] == "mine:x" and row["label"] == 3 and row["path"] == str(tmp_path / "a.jpg")

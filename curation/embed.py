@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,8 @@ from tqdm import tqdm
 
 from manifests.config import ConfigError
 from manifests.embeddings import EmbeddingStore
-from manifests.errors import ManifestError
-from training.data.dataset import ManifestImageDataset, read_image_rows
+from manifests.parquet_io import pending_shards
+from training.data.dataset import ManifestImageDataset, require_image_rows
 from training.data.transforms import center_crop_transform
 from training.models.loading import load_backbone
 
@@ -142,11 +141,9 @@ class EmbedConfig:
 
 
 def _device(name: str) -> torch.device:
-    return (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if name == "auto"
-        else (torch.device(name))
-    )
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def embed_manifests(
@@ -159,9 +156,7 @@ def embed_manifests(
     """Embed every usable row of ``manifests`` into shards under ``out``; complete shards of
     an earlier run of the same job are kept. Returns counts of embedded and failed images."""
     config = config or EmbedConfig()
-    rows = read_image_rows(manifests)
-    if not rows:
-        raise ManifestError(f"{[str(m) for m in manifests]}: no usable image rows")
+    rows = require_image_rows(manifests)
     store = EmbeddingStore(out)
     meta = {"model": embedder.spec, "dim": embedder.dim, "rows": len(rows),
             "rows_per_shard": config.rows_per_shard, "dtype": "float16",
@@ -171,23 +166,17 @@ def embed_manifests(
     store.ids.remove_partial()
     device = _device(config.device)
     model = embedder.model.to(device, memory_format=torch.channels_last)  # 1.5x for convnets
-    done = set(store.complete())
-    n_shards = math.ceil(len(rows) / config.rows_per_shard)
-    todo = [i for i in range(n_shards) if i not in done]
+    done = store.complete()
+    todo = pending_shards(rows, config.rows_per_shard, done)
     counts = {"embedded": 0, "failed": 0, "shards_skipped": len(done)}
-    total = sum(len(_shard_rows(rows, i, config.rows_per_shard)) for i in todo)
+    total = sum(len(chunk) for _, chunk in todo)
     with tqdm(total=total, unit="img", desc="embed", disable=not progress) as bar:
-        for index in todo:
-            chunk = _shard_rows(rows, index, config.rows_per_shard)
+        for index, chunk in todo:
             vectors, ok = _embed_rows(chunk, embedder, model, device, config, bar)
             store.write(index, [r["id"] for r in chunk], ok, vectors)
             counts["embedded"] += int(ok.sum())
             counts["failed"] += int((~ok).sum())
     return counts
-
-
-def _shard_rows(rows: list[dict[str, Any]], index: int, size: int) -> list[dict[str, Any]]:
-    return rows[index * size : (index + 1) * size]
 
 
 def _batches(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.errors import ManifestError
 from manifests.parquet_io import ShardedParquet, read_manifest
 from manifests.schemas import DEDUP, LVD
-from training.data.dataset import read_image_rows
+from training.data.dataset import read_image_rows, row_location
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +63,6 @@ class RetrievalConfig:
                 raise ConfigError(f"seed set {plan.name}: as_is needs its manifest")
 
 
-def _location(row: dict[str, Any]) -> dict[str, str | None]:
-    if row["key"] is None:
-        return {"path": row["source"], "tar": None, "key": None}
-    return {"path": None, "tar": row["source"], "key": row["key"]}
-
-
 def _candidate_pool(pool: PoolInputs) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
     """(ids, vectors, image rows) of the pool images that were embedded and kept."""
     ids, vectors = EmbeddingStore(pool.embeddings).read()
@@ -88,7 +81,7 @@ def _as_is_rows(plan: SeedSetPlan) -> list[dict[str, Any]]:
     rows = read_image_rows(plan.manifest)
     if not rows:
         raise ManifestError(f"seed set {plan.name}: {plan.manifest} lists no images")
-    return [{"id": r["id"], **_location(r), "seed_sets": [plan.name], "methods": ["as_is"],
+    return [{"id": r["id"], **row_location(r), "seed_sets": [plan.name], "methods": ["as_is"],
              "seed_ids": [r["id"]], "best_similarity": None, "cluster": None}
             for r in rows]  # fmt: skip
 
@@ -126,14 +119,11 @@ def build_lvd(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
         table15.append(entry)
 
     merged = merge_provenance(retrieved).to_pylist()
-    rows = [{"id": pool_ids[m["pool_row"]], **_location(pool_rows[m["pool_row"]]),
+    rows = [{"id": pool_ids[m["pool_row"]], **row_location(pool_rows[m["pool_row"]]),
              **{k: v for k, v in m.items() if k != "pool_row"}} for m in merged]  # fmt: skip
     rows = _merge_by_id(rows + as_is)
     table = pa.Table.from_pylist(rows, schema=LVD.arrow)
-    store = ShardedParquet(Path(out) / "lvd", LVD)
-    store.remove_partial()
-    for index in range(max(1, math.ceil(table.num_rows / config.rows_per_shard))):
-        store.write(index, table.slice(index * config.rows_per_shard, config.rows_per_shard))
+    ShardedParquet(Path(out) / "lvd", LVD).write_table(table, config.rows_per_shard)
     stats = {"images": table.num_rows, "candidates": len(pool_ids), "seed_sets": table15}
     write_bytes_atomic(Path(out) / "retrieval_stats.json", json.dumps(stats, indent=1).encode())
     return stats

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,11 +16,20 @@ from manifests.atomic import atomic_path, remove_temporaries
 from manifests.errors import ManifestError, SchemaMismatchError
 from manifests.schemas import SCHEMA_KEY, ManifestSchema
 
+T = TypeVar("T")
 _SHARD_RE = re.compile(r"^(\d{5,})\.parquet$")
 
 
 def shard_stem(index: int) -> str:
     return f"{index:05d}"
+
+
+def pending_shards(items: list[T], size: int, done: Iterable[int]) -> list[tuple[int, list[T]]]:
+    """``(shard index, its items)`` for the shards of ``items`` (``size`` each, in order)
+    that are not in ``done``: what a resumed stage still has to write."""
+    done = set(done)
+    return [(i, items[i * size : (i + 1) * size])
+            for i in range(math.ceil(len(items) / size)) if i not in done]  # fmt: skip
 
 
 def validate_schema(found: pa.Schema, expected: ManifestSchema, path: str | os.PathLike) -> None:
@@ -70,6 +80,15 @@ class ShardedParquet:
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         return path
+
+    def write_table(
+        self, table: pa.Table, rows_per_shard: int, config: dict[str, Any] | None = None
+    ) -> None:
+        """Replace the directory's content with ``table`` cut into shards, in order (one
+        empty shard for an empty table, so a reader finds the schema)."""
+        self.remove_partial()
+        for index in range(max(1, math.ceil(table.num_rows / rows_per_shard))):
+            self.write(index, table.slice(index * rows_per_shard, rows_per_shard), config)
 
     def read_shard(self, index: int, columns: list[str] | None = None) -> pa.Table:
         return read_parquet(self.path(index), self.schema, columns)

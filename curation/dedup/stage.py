@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -35,11 +34,10 @@ from curation.dedup.policy import reasons, representatives
 from curation.dedup.union_find import UnionFind, components_of_equal_values
 from manifests.atomic import write_bytes_atomic
 from manifests.embeddings import EmbeddingStore, require_same_model
-from manifests.errors import ManifestError
 from manifests.job import claim_directory
-from manifests.parquet_io import ShardedParquet
+from manifests.parquet_io import ShardedParquet, pending_shards
 from manifests.schemas import DEDUP, HASHES
-from training.data.dataset import ManifestImageDataset, read_image_rows
+from training.data.dataset import ManifestImageDataset, require_image_rows
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +76,16 @@ def hash_pool(
     manifests: list[str | Path], out: str | Path, config: DedupConfig, progress: bool = True
 ) -> ShardedParquet:
     """Write ``out/hashes/NNNNN.parquet`` (schema ``hashes/1``); complete shards are kept."""
-    rows = read_image_rows(manifests)
-    if not rows:
-        raise ManifestError(f"{[str(m) for m in manifests]}: no usable image rows")
+    rows = require_image_rows(manifests)
     store = ShardedParquet(Path(out) / "hashes", HASHES)
     job = {"manifests": [str(m) for m in manifests], "rows": len(rows),
            "rows_per_shard": config.rows_per_shard}  # fmt: skip
     claim_directory(store.root, job, bool(store.complete()), "hash.json")
     store.remove_partial()
-    size = config.rows_per_shard
-    done = set(store.complete())
-    todo = [i for i in range(math.ceil(len(rows) / size)) if i not in done]
-    with tqdm(total=sum(len(rows[i * size : (i + 1) * size]) for i in todo), unit="img",
-              desc="hash", disable=not progress) as bar:  # fmt: skip
-        for index in todo:
-            chunk = rows[index * size : (index + 1) * size]
+    todo = pending_shards(rows, config.rows_per_shard, store.complete())
+    with tqdm(total=sum(len(chunk) for _, chunk in todo), unit="img", desc="hash",
+              disable=not progress) as bar:  # fmt: skip
+        for index, chunk in todo:
             loader = DataLoader(_HashInputs(chunk), batch_size=64, collate_fn=list,
                                 num_workers=config.num_workers)  # fmt: skip
             hashed: list[dict[str, Any]] = []
@@ -239,10 +232,7 @@ def run_dedup(
     stats["reasons"] = {
         str(k): v for k, v in Counter(table.column("reason").to_pylist()).items() if k is not None
     }
-    dedup = ShardedParquet(Path(out) / "dedup", DEDUP)
-    dedup.remove_partial()
-    size = config.rows_per_shard
-    for index in range(math.ceil(table.num_rows / size)):
-        dedup.write(index, table.slice(index * size, size), config=asdict(config))
+    ShardedParquet(Path(out) / "dedup", DEDUP).write_table(table, config.rows_per_shard,
+                                                           asdict(config))  # fmt: skip
     write_bytes_atomic(Path(out) / "dedup_stats.json", json.dumps(stats, indent=1).encode())
     return stats

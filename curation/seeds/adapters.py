@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from manifests.errors import ManifestError
-from training.data.dataset import read_image_rows
+from manifests.image_shards import IMAGE_EXTENSIONS
+from training.data.dataset import read_image_rows, row_location
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+IMAGE_SUFFIXES = {f".{ext.lower()}" for ext in IMAGE_EXTENSIONS}
 Row = dict[str, Any]
 
 
@@ -112,9 +113,7 @@ def read_gldv2(root: Path) -> list[Row]:
 
 def read_manifest_adapter(root: Path) -> list[Row]:
     rows = read_image_rows([root])
-    return [{"id": r["id"], "path": r["source"] if r["key"] is None else None,
-             "tar": r["source"] if r["key"] is not None else None, "key": r["key"],
-             "label": r["label"]} for r in rows]  # fmt: skip
+    return [{"id": r["id"], **row_location(r), "label": r["label"]} for r in rows]
 
 
 ADAPTERS: dict[str, Adapter] = {a.name: a for a in (

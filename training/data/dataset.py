@@ -52,6 +52,21 @@ def read_image_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def require_image_rows(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """``read_image_rows``, refusing manifests that list no usable image."""
+    rows = read_image_rows(paths)
+    if not rows:
+        raise ManifestError(f"{[str(p) for p in paths]}: no usable image rows")
+    return rows
+
+
+def row_location(row: dict[str, Any]) -> dict[str, str | None]:
+    """A row as manifest columns: ``path`` for an image file, else ``tar`` + ``key``."""
+    if row["key"] is None:
+        return {"path": row["source"], "tar": None, "key": None}
+    return {"path": None, "tar": row["source"], "key": row["key"]}
+
+
 def _sources(file: Path, table: pa.Table) -> list[tuple[str, str | None]]:
     """(image file or tar shard, key inside the tar or None) of each row. A row is located
     by ``path``, else by ``tar`` + ``key``, else by a crawl pool's ``shard`` + ``key``."""
@@ -101,10 +116,7 @@ class ManifestImageDataset(Dataset):
     def from_manifests(
         cls, paths: list[str | Path], transform: Callable | None = None
     ) -> ManifestImageDataset:
-        rows = read_image_rows(paths)
-        if not rows:
-            raise ManifestError(f"{[str(p) for p in paths]}: no usable image rows")
-        return cls(rows, transform)
+        return cls(require_image_rows(paths), transform)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from curation.crawl.config import CrawlConfig
+from curation.seeds.registry import SeedSetsConfig
 from manifests.config import ConfigError, load_config
 from manifests.parquet_io import read_manifest
 from manifests.schemas import POOL
@@ -87,3 +88,12 @@ def test_demo_crawls_its_loopback_web(tmp_path):
 
 def test_shipped_default_yaml_matches_the_dataclass_defaults():
     assert load_config(CrawlConfig, "configs/crawl/default.yaml") == CrawlConfig()
+
+
+def test_mapping_config_values_are_checked(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("roots: {in22k: /data/in22k}\n")
+    assert load_config(SeedSetsConfig, path).roots == {"in22k": "/data/in22k"}
+    path.write_text("roots: [/data/in22k]\n")
+    with pytest.raises(ConfigError, match="s.yaml.roots: expected a mapping"):
+        load_config(SeedSetsConfig, path)

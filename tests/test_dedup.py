@@ -19,6 +19,7 @@ from scipy.sparse.csgraph import connected_components
 from builders import jpeg_bytes, path_manifest, skimage_photos
 from curation.dedup.copy_graph import CopyGraphConfig, DescriptorSpace
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes
+from curation.dedup.policy import representatives
 from curation.dedup.stage import DedupConfig, copy_settings, run_dedup
 from curation.dedup.union_find import UnionFind
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
@@ -27,6 +28,7 @@ from manifests.embeddings import EmbeddingStore
 from manifests.errors import ManifestError
 from manifests.parquet_io import ShardedParquet
 from manifests.schemas import HASHES
+from pipelines import dedup as dedup_cli
 from pipelines.near_duplicates import edited_copy
 from pipelines.synthetic_images import make_photo
 
@@ -237,3 +239,13 @@ def test_whitening_removes_what_all_descriptors_share():
     top = np.linalg.svd(np.cov(white.T))[1]
     assert top[0] / top[-1] < 3  # whitened: no direction dominates
     assert DescriptorSpace("whiten", 32).fit(x[:20]).mode == "center"  # too few to whiten
+
+
+def test_bad_dedup_settings_fail_clearly(pool, tmp_path, capsys):
+    assert dedup_cli.main(["--manifest", str(pool["manifest"]), "--out", str(tmp_path),
+                           "--eval-embeddings", str(pool["eval_emb"])]) == 2  # fmt: skip
+    assert "--eval-embeddings needs --embeddings" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="copy.normalize 'pca': expected one of"):
+        CopyGraphConfig(normalize="pca").resolved(None)
+    with pytest.raises(ValueError, match="unknown keep policy 'newest'"):
+        representatives(np.zeros(2, np.int64), np.ones(2), ["a", "b"], "newest")

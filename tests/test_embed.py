@@ -120,3 +120,15 @@ def test_cli_embeds_and_reports_errors(manifest, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["embedded"] == 8
     assert cli.main(args + ["--model", "vit_base/14:/nowhere.pth"]) == 2
     assert "/nowhere.pth: no such file" in capsys.readouterr().err
+
+
+def test_embedding_store_refuses_misaligned_or_missing_shards(tmp_path):
+    store = EmbeddingStore(tmp_path)
+    with pytest.raises(ManifestError, match="no complete embedding shards"):
+        store.read()
+    with pytest.raises(ValueError, match="shard 0: 2 ids, 2 flags, 1 rows"):
+        store.write(0, ["a", "b"], np.ones(2, bool), np.zeros((1, 4)))
+    store.write(0, ["a", "b"], np.ones(2, bool), np.zeros((2, 4)))
+    np.save(store.vectors_path(0), np.zeros((3, 4), np.float16))  # a foreign file
+    with pytest.raises(ManifestError, match="00000.npy: 3 vectors for 2 ids"):
+        store.read()

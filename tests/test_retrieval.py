@@ -13,7 +13,7 @@ import pytest
 from curation.index import KMeansConfig, SearchConfig, build_search_index, kmeans, search
 from curation.lvd_manifest import PoolInputs, RetrievalConfig, build_lvd
 from curation.retrieval import SeedSetPlan
-from manifests.config import load_config
+from manifests.config import ConfigError, load_config
 from manifests.embeddings import EmbeddingStore
 from manifests.errors import ManifestError
 from manifests.parquet_io import read_manifest
@@ -165,3 +165,17 @@ def test_retrieve_cli_from_a_yaml_config(world, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["seed_sets"][0]["after_cap"] == 4
     assert retrieve_cli.main(["--config", str(tmp_path / "none.yaml"), "--out", "x"]) == 2
     assert "none.yaml: cannot read config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (RetrievalConfig(seed_sets=[SeedSetPlan("a")]), "pool.manifest and pool.embeddings"),
+        (RetrievalConfig(pool=PoolInputs(["p"], "e")), "at least one seed set"),
+        (RetrievalConfig(pool=PoolInputs(["p"], "e"), seed_sets=[SeedSetPlan("g", method="as_is")]),
+         "seed set g: as_is needs its manifest"),
+    ],
+)  # fmt: skip
+def test_incomplete_retrieval_configs_are_refused(config, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        build_lvd(config, tmp_path)

@@ -103,6 +103,8 @@ def test_cli_writes_a_manifest_per_seed_set(tmp_path, capsys):
     assert [r["label"] for r in dataset.rows] == [0, 1] and dataset[1].shape == (3, 30, 40)
     assert cli.main(["--seed-sets", "gldv2", "--out", str(tmp_path / "out")]) == 2
     assert "no root; give --seed-root gldv2=PATH" in capsys.readouterr().err
+    assert cli.main(["--seed-sets", "gldv2", "--seed-root", "gldv2", "--out", "o"]) == 2
+    assert "--seed-root 'gldv2': expected NAME=PATH" in capsys.readouterr().err
 
 
 def test_manifest_adapter_passes_rows_through(tmp_path):

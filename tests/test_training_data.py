@@ -79,3 +79,14 @@ def test_manifest_without_image_locations_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"id": ["a"], "url": ["http://x/a.jpg"]}), tmp_path / "00000.parquet")
     with pytest.raises(ManifestError, match="no image location; expected a 'path' column"):
         ManifestImageDataset.from_manifests([tmp_path])
+
+
+def test_a_row_without_an_image_location_is_named(tmp_path):
+    pq.write_table(pa.table({"id": ["a", "b"], "path": ["a.jpg", None], "tar": [None, "x.tar"],
+                             "key": [None, None]}), tmp_path / "m.parquet")  # fmt: skip
+    with pytest.raises(ManifestError, match=r"m.parquet: row 1 has no path, tar \+ key"):
+        ManifestImageDataset.from_manifests([tmp_path / "m.parquet"])
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "path": pa.array([], pa.string())}),
+                   tmp_path / "empty.parquet")  # fmt: skip
+    with pytest.raises(ManifestError, match=r"empty.parquet'\]: no usable image rows"):
+        ManifestImageDataset.from_manifests([tmp_path / "empty.parquet"])

@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import imagehash
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,64 +40,9 @@ from curation.dedup.union_find import UnionFind
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
 from manifests.embeddings import EmbeddingStore
 from pipelines.near_duplicates import TRANSFORMS, edited_copy
+from pipelines.photos import ensure_packages, real_photos
 
-PACKAGES = {
-    "opencv-doc": "/usr/share/doc/opencv-doc/examples/data",
-    "mate-backgrounds": "/usr/share/backgrounds/mate",
-    "tuxpaint-stamps-default": "/usr/share/tuxpaint/stamps",
-}
 MAX_SIDE = 384  # images are stored at most this large, as a crawl with max_side would
-
-
-def ensure_packages() -> None:
-    missing = [p for p, d in PACKAGES.items() if not Path(d).is_dir()]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise SystemExit(f"missing image packages: apt-get install {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
-
-
-def _image_files() -> list[Path]:
-    roots = list(PACKAGES.values())
-    try:
-        import skimage
-
-        roots.append(str(Path(skimage.__file__).parent / "data"))
-    except ImportError:
-        pass
-    files = []
-    for root in roots:
-        files += [p for p in Path(root).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
-    return sorted(files)
-
-
-def load_images(min_side: int = 64, min_std: float = 20.0) -> dict[str, Image.Image]:
-    """Distinct RGB images, transparency flattened onto white: near-blank ones (grey-level
-    std below ``min_std``: some stamps flatten to white) are left out, and so is any image
-    whose pHash is within 6 bits of one already taken (the packages hold near-copies
-    themselves, e.g. one glyph in two sizes), so that the only copies are the ones made
-    here."""
-    images, seen = {}, []
-    for path in _image_files():
-        try:
-            with Image.open(path) as raw:
-                raw.draft("RGB", (MAX_SIDE, MAX_SIDE))
-                rgba = raw.convert("RGBA")
-        except Exception:  # noqa: BLE001 - a package file that is no image is skipped
-            continue
-        image = Image.new("RGB", rgba.size, (255, 255, 255))
-        image.paste(rgba, mask=rgba.getchannel("A"))
-        image.thumbnail((MAX_SIDE, MAX_SIDE))
-        if min(image.size) < min_side or np.asarray(image.convert("L")).std() < min_std:
-            continue
-        code = imagehash.phash(image)
-        if all(code - other > 6 for other in seen):
-            seen.append(code)
-            images[f"{path.parent.name}/{path.stem}"] = image
-    return images
 
 
 def _jpeg(image: Image.Image) -> bytes:
@@ -175,7 +117,7 @@ def _labels(n: int, *pair_sets) -> np.ndarray:
 
 
 def quality(args, workdir: Path) -> dict:
-    images = load_images()
+    images = real_photos(MAX_SIDE)
     manifest, family, kind = build_pool(images, args.bases, workdir / "pool", args.seed)
     n = len(family)
     config = DedupConfig()

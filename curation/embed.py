@@ -20,6 +20,7 @@ and ``ok = false`` (see :mod:`manifests.embeddings` for the layout).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Callable, Iterator
@@ -28,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from curation.tasks import ShardRunner
 from manifests.config import ConfigError
 from manifests.embeddings import EmbeddingStore
 from manifests.parquet_io import pending_shards
@@ -152,9 +155,13 @@ def embed_manifests(
     out: str | Path,
     config: EmbedConfig | None = None,
     progress: bool = True,
+    runner: ShardRunner | None = None,
 ) -> dict[str, int]:
     """Embed every usable row of ``manifests`` into shards under ``out``; complete shards of
-    an earlier run of the same job are kept. Returns counts of embedded and failed images."""
+    an earlier run of the same job are kept. Returns the counts of embedded and failed
+    images in the store, and how many shards this run found complete.
+    With a ``runner``, each pending shard is one task of :func:`embed_shard`, which loads
+    the model from its spec where it runs (on a GPU there if one is free)."""
     config = config or EmbedConfig()
     rows = require_image_rows(manifests)
     store = EmbeddingStore(out)
@@ -164,19 +171,43 @@ def embed_manifests(
             "copy_detection": embedder.copy_detection}  # fmt: skip
     store.claim(meta)
     store.ids.remove_partial()
-    device = _device(config.device)
-    model = embedder.model.to(device, memory_format=torch.channels_last)  # 1.5x for convnets
     done = store.complete()
     todo = pending_shards(rows, config.rows_per_shard, done)
-    counts = {"embedded": 0, "failed": 0, "shards_skipped": len(done)}
-    total = sum(len(chunk) for _, chunk in todo)
-    with tqdm(total=total, unit="img", desc="embed", disable=not progress) as bar:
-        for index, chunk in todo:
-            vectors, ok = _embed_rows(chunk, embedder, model, device, config, bar)
-            store.write(index, [r["id"] for r in chunk], ok, vectors)
-            counts["embedded"] += int(ok.sum())
-            counts["failed"] += int((~ok).sum())
-    return counts
+    if runner is not None:
+        runner(embed_shard, [(i, chunk, embedder.spec, str(out), config) for i, chunk in todo],
+               desc="embed", gpus=1.0)  # fmt: skip
+    else:
+        with tqdm(total=sum(len(c) for _, c in todo), unit="img", desc="embed",
+                  disable=not progress) as bar:  # fmt: skip
+            for index, chunk in todo:
+                embed_shard(index, chunk, embedder, out, config, bar.update)
+    ok = sum(pc.sum(store.ids.read_shard(i, ["ok"]).column("ok")).as_py() or 0
+             for i in store.complete())  # fmt: skip
+    return {"embedded": ok, "failed": len(rows) - ok, "shards_skipped": len(done)}
+
+
+@functools.cache
+def _embedder_for(spec: str) -> Embedder:
+    """One model per process and spec, however many shards the process embeds."""
+    return load_embedder(spec)
+
+
+def embed_shard(
+    index: int,
+    rows: list[dict[str, Any]],
+    embedder: Embedder | str,
+    out: str | Path,
+    config: EmbedConfig,
+    on_images: Callable[[int], Any] | None = None,
+) -> None:
+    """Embed ``rows`` and commit shard ``index`` of the store at ``out``; ``embedder`` is
+    a model or its spec; ``on_images(n)`` is called as batches finish."""
+    if isinstance(embedder, str):
+        embedder = _embedder_for(embedder)
+    device = _device(config.device)
+    model = embedder.model.to(device, memory_format=torch.channels_last)  # 1.5x for convnets
+    vectors, ok = _embed_rows(rows, embedder, model, device, config, on_images)
+    EmbeddingStore(out).write(index, [r["id"] for r in rows], ok, vectors)
 
 
 def _batches(
@@ -195,7 +226,7 @@ def _embed_rows(
     model: nn.Module,
     device: torch.device,
     config: EmbedConfig,
-    bar: tqdm,
+    on_images: Callable[[int], Any] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     vectors = np.zeros((len(rows), embedder.dim), np.float16)
     ok = np.zeros(len(rows), bool)
@@ -215,5 +246,6 @@ def _embed_rows(
             index = [i for i, _ in good]
             vectors[index] = F.normalize(out.float(), dim=-1).cpu().numpy()
             ok[index] = True
-        bar.update(len(items))
+        if on_images is not None:
+            on_images(len(items))
     return vectors, ok

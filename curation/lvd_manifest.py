@@ -16,7 +16,6 @@ import pyarrow.compute as pc
 
 from curation.index import KMeansConfig, SearchConfig
 from curation.retrieval import (
-    METHODS,
     Candidates,
     PoolClusters,
     SeedSetPlan,
@@ -57,8 +56,7 @@ class RetrievalConfig:
         if not self.seed_sets:
             raise ConfigError("seed_sets: at least one seed set is required")
         for plan in self.seed_sets:
-            if plan.method not in METHODS:
-                raise ConfigError(f"seed set {plan.name}: method {plan.method!r} not in {METHODS}")
+            plan.validate_method()
             if plan.method == "as_is" and not plan.manifest:
                 raise ConfigError(f"seed set {plan.name}: as_is needs its manifest")
 

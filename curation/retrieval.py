@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.index import KMeansConfig, SearchConfig, build_search_index, kmeans, search
+from manifests.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class SeedSetPlan:
         if self.k is not None:
             return self.k
         return 32 if self.name == "imagenet1k" else 4
+
+    def validate_method(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"seed set {self.name}: method {self.method!r} not in {METHODS}")
 
 
 @dataclass

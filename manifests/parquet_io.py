@@ -137,3 +137,15 @@ def read_manifest(
     if not files:
         return schema.arrow.empty_table().select(columns or schema.names)
     return pa.concat_tables([read_parquet(f, schema, columns) for f in files])
+
+
+IMAGE_MANIFEST = pa.schema([("id", pa.string()), ("path", pa.string()), ("tar", pa.string()),
+                            ("key", pa.string()), ("label", pa.int64())])  # fmt: skip
+
+
+def write_image_manifest(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """One Parquet file listing images (id, path or tar + key, label), written atomically:
+    what ``read_image_rows`` and every stage that reads images accept."""
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=IMAGE_MANIFEST), tmp)
+    return Path(path)

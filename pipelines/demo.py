@@ -1,63 +1,88 @@
-"""The embedded demo: a small web on loopback, crawled end to end with no internet.
+"""The embedded demo: ``python -m pipelines.build_lvd --demo [--out DIR] [--engine ...]``
+(``python -m pipelines.demo`` is the same).
 
-``python -m pipelines.demo [--out DIR]`` serves pages that link generated photos (with
-exact duplicates, near-duplicates, broken links and hostile responses), records the
-pages in a WARC as a web crawl would, runs the crawl stage on that WARC, then hash
-dedup of the pool (exact and perceptual copies; the copy-detection level needs real photos
-and is left to ``pipelines.embed`` + ``pipelines.dedup --embeddings``).
+Serves a small web on loopback: pages linking photos (real ones from scikit-image and
+Debian image packages where installed, generated ones otherwise) with exact duplicates,
+near-duplicates, edited copies, broken links and hostile responses. Records the pages in
+a WARC as a web crawl would, writes two small seed sets and an evaluation set, runs the
+whole build (``configs/curation/demo.yaml``) on CPU, trains a few steps of the tiny recipe
+on the LVD manifest, and says where the report is.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import io
-import logging
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
+from PIL import Image
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from curation.crawl.config import CrawlConfig
-from curation.crawl.crawler import CrawlSummary, run_crawl
-from curation.dedup.stage import DedupConfig, run_dedup
-from pipelines.crawl import format_summary
+from manifests.config import load_config
+from pipelines.build_lvd import format_results, run_build
+from pipelines.curation_config import CurationConfig
+from pipelines.engines import make_engine
 from pipelines.loopback_web import LoopbackWeb, Route
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.near_duplicates import edited_copy
+from pipelines.photos import real_photos
+from pipelines.synthetic_images import make_photo
+from training.config import TrainConfig
+from training.train import train
 
 MARKER = ".lvd-demo"
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "curation" / "demo.yaml"
+TRAIN_CONFIG = CONFIG.parent.parent / "train" / "tiny_cpu.yaml"
+N_PHOTOS = 112
 IMAGES_PER_PAGE = 8
+FORMATS = [("JPEG", "jpg", "image/jpeg"), ("PNG", "png", "image/png"),
+           ("WEBP", "webp", "image/webp")]  # fmt: skip
 
 
-def demo_routes(n_images: int = 48) -> tuple[dict[str, Route], list[str]]:
+def demo_photos(n: int = N_PHOTOS) -> list[Image.Image]:
+    """``n`` distinct photos: real ones first, generated ones for the rest."""
+    photos = list(real_photos(512, min_side=128, limit=n).values())
+    photos += [Image.fromarray(make_photo(i)) for i in range(n - len(photos))]
+    return photos
+
+
+def _encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}) | params)
+    return buf.getvalue()
+
+
+def demo_routes(photos: list[Image.Image]) -> tuple[dict[str, Route], list[str]]:
     """Routes of the demo web and the paths of its HTML pages."""
     routes: dict[str, Route] = {}
     links: list[str] = []
-    for i in range(n_images):
-        photo = make_photo(i)
-        fmt, ext, ctype = [
-            ("JPEG", "jpg", "image/jpeg"),
-            ("PNG", "png", "image/png"),
-            ("WEBP", "webp", "image/webp"),
-        ][i % 3]
+    for i, photo in enumerate(photos):
+        fmt, ext, ctype = FORMATS[i % 3]
         path = f"/img/{i:03d}.{ext}"
-        routes[path] = Route(body=encode(photo, fmt), content_type=ctype)
+        routes[path] = Route(body=_encode(photo, fmt), content_type=ctype)
         links.append(path)
-        if i % 8 == 0:  # the same bytes under a second URL: an exact duplicate
-            routes[f"/mirror/{i:03d}.{ext}"] = routes[path]
-            links.append(f"/mirror/{i:03d}.{ext}")
-        if i % 8 == 4:  # smaller, recompressed: a near-duplicate
-            small = cv2.resize(photo, (480, 360), interpolation=cv2.INTER_AREA)
-            routes[f"/img/{i:03d}-small.jpg"] = Route(body=encode(small, quality=70))
-            links.append(f"/img/{i:03d}-small.jpg")
-    full = encode(make_photo(10_000))
+        copies = {
+            0: (f"/mirror/{i:03d}.{ext}", routes[path]),  # the same bytes: an exact duplicate
+            4: (f"/img/{i:03d}-small.jpg", Route(body=_encode(  # a near-exact duplicate
+                photo.resize((photo.width // 2, photo.height // 2)), quality=70))),
+            2: (f"/img/{i:03d}-crop.jpg", Route(body=_encode(edited_copy(photo, "crop", i)))),
+            6: (f"/img/{i:03d}-text.jpg", Route(body=_encode(edited_copy(photo, "text", i)))),
+        }  # fmt: skip
+        if i % 8 in copies:
+            copy_path, route = copies[i % 8]
+            routes[copy_path] = route
+            links.append(copy_path)
+    full = _encode(photos[0])
     hostile = {
         "/img/server-error.jpg": Route(status=500, body=b"oops", content_type="text/plain"),
         "/img/truncated.jpg": Route(body=full[: len(full) // 3]),
         "/img/not-really.jpg": Route(body=b"<html><body>a page</body></html>"),
-        "/img/icon.png": Route(body=encode(make_photo(1, 32, 32), "PNG"), content_type="image/png"),
+        "/img/icon.png": Route(
+            body=_encode(photos[1].resize((32, 32)), "PNG"), content_type="image/png"
+        ),  # fmt: skip
         "/img/noai.jpg": Route(body=full, headers={"X-Robots-Tag": "noai"}),
     }
     routes.update(hostile)
@@ -100,39 +125,67 @@ def write_warc(path: Path, web: LoopbackWeb, pages: list[str]) -> None:
             writer.write_record(record)
 
 
-def run_demo(out: Path, progress: bool = True) -> tuple[CrawlSummary, dict]:
-    """Crawl the demo web into ``out/crawl``, then dedup the pool into ``out/dedup``;
-    returns the crawl summary and the dedup stats."""
+def write_seed_sets(root: Path, photos: list[Image.Image]) -> dict[str, str]:
+    """Image folders (ROOT/<class>/*.jpg) of edited views of some pool photos: a sample
+    set, a cluster set, and an evaluation set whose pool copies must be dropped."""
+    plans = {
+        "demo_sample": [(i, "colour") for i in (1, 5, 9, 13, 17, 21)],
+        "demo_cluster": [(i, "flip") for i in range(3, 40, 4)],
+        "demo_eval": [(i, "jpeg") for i in (7, 15)],
+    }
+    roots = {}
+    for name, views in plans.items():
+        for i, transform in views:
+            if i < len(photos):
+                path = root / name / f"class{i:03d}" / f"{i:03d}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(_encode(edited_copy(photos[i], transform, 1000 + i)))
+        roots[name] = str(root / name)
+    return roots
+
+
+@contextlib.contextmanager
+def demo_web(inputs: Path, n_photos: int = N_PHOTOS) -> Iterator[CurationConfig]:
+    """Serve the demo web while in the block; yields the recipe that builds from it (its
+    WARC and seed sets written under ``inputs``)."""
+    photos = demo_photos(n_photos)
+    config = load_config(CurationConfig, CONFIG)
+    config.seeds.roots.update(write_seed_sets(inputs / "seeds", photos))
+    routes, pages = demo_routes(photos)
+    with LoopbackWeb(routes) as web:
+        warc = inputs / "pages.warc.gz"
+        write_warc(warc, web, pages)
+        config.urls = [str(warc)]
+        yield config
+
+
+def run_demo(out: Path, engine_name: str = "local", progress: bool = True) -> str:
+    """Build the demo into ``out`` (replacing an earlier demo there), then train a few
+    steps on its LVD manifest; returns the summary to print."""
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise FileExistsError(f"{out} exists and is not a demo directory; choose another --out")
     shutil.rmtree(out, ignore_errors=True)  # the web's port changes, so URLs do too
     out.mkdir(parents=True)
     (out / MARKER).touch()
-    routes, pages = demo_routes()
-    config = CrawlConfig(shard_size=32)
-    config.fetch.allowed_networks = ["127.0.0.0/8"]  # the demo web lives on loopback
-    config.fetch.max_retries = 1
-    config.fetch.backoff_base_s = 0.05
-    config.process.max_side = 512
-    with LoopbackWeb(routes) as web:
-        warc = out / "inputs" / "pages.warc.gz"
-        write_warc(warc, web, pages)
-        summary = run_crawl([warc], out / "crawl", config, progress=progress)
-    pool = out / "crawl" / "manifest" / "pool"
-    return summary, run_dedup([pool], out / "dedup", config=DedupConfig(), progress=progress)
+    engine = make_engine(engine_name)
+    try:
+        with demo_web(out / "inputs") as config:
+            results = run_build(out / "build", config, engine, progress=progress)
+    finally:
+        engine.close()
+    lvd = out / "build" / "retrieve" / "lvd"
+    steps = ["epochs=1", "iters_per_epoch=4", "log_every=2", "data.batch_size=8"]
+    train_config = load_config(TrainConfig, TRAIN_CONFIG, steps)
+    metrics = train(train_config, [lvd], out / "train", progress=progress)
+    return (format_results(out / "build", results)
+            + f"\n  trained {metrics.get('iteration')} steps of {TRAIN_CONFIG.name} on the LVD "
+            f"manifest: loss {metrics.get('loss')} -> {out / 'train'}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="out/demo", type=Path)
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    summary, dedup = run_demo(args.out, progress=not args.no_progress)
-    print(format_summary(summary))
-    funnel = ", ".join(f"{k} {v}" for k, v in dedup["funnel"].items())
-    print(f"dedup ({args.out / 'dedup'}): {funnel}")
-    return 0
+    from pipelines.build_lvd import main as build_main
+
+    return build_main(["--demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,20 +1,16 @@
-"""The crawl CLI, its config handling, and the embedded demo."""
+"""The crawl CLI and its config handling."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-import pyarrow.compute as pc
 import pytest
 
 from curation.crawl.config import CrawlConfig
 from curation.seeds.registry import SeedSetsConfig
 from manifests.config import ConfigError, load_config
-from manifests.parquet_io import read_manifest
-from manifests.schemas import POOL
 from pipelines import crawl as cli
-from pipelines.demo import run_demo
 
 
 def test_yaml_config_and_overrides(tmp_path):
@@ -66,24 +62,6 @@ def test_cli_reports_bad_input_clearly(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert f"error: {tmp_path / 'none.txt'}: no such input file" in proc.stderr
-
-
-def test_demo_crawls_its_loopback_web(tmp_path):
-    summary, dedup = run_demo(tmp_path / "demo", progress=False)
-    table = read_manifest([tmp_path / "demo" / "crawl" / "manifest" / "pool"], POOL)
-    assert table.num_rows == summary.urls == 66
-    assert summary.duplicates_removed > 0  # every page repeats the logo
-    assert summary.ok == 60
-    assert summary.error_codes == {
-        "decode_error": 1, "http_4xx": 1, "http_5xx": 1, "not_image": 1,
-        "robots_directive": 1, "too_small": 1,
-    }  # fmt: skip
-    sha = table.filter(pc.equal(table.column("status"), "ok")).column("sha256").to_pylist()
-    assert len(sha) - len(set(sha)) == 6  # the mirrored images are exact duplicates
-    funnel = dedup["funnel"]
-    assert funnel["raw"] == 60 and funnel["after_exact"] == 54
-    assert funnel["after_hash"] == 48  # the six smaller, recompressed copies
-    assert table.column("page_url").null_count == 0
 
 
 def test_shipped_default_yaml_matches_the_dataclass_defaults():

@@ -4,7 +4,8 @@
 process, downloading on an event loop and decoding/resizing on a few threads beside it
 (Pillow and OpenCV release the GIL), then commits the shard. Image bytes never cross a
 process boundary. :func:`run_crawl` runs the pending shards of a plan on this machine,
-one worker process per shard at a time, and resumes where a killed run stopped.
+one worker process per shard at a time, or hands them to a
+:class:`~curation.tasks.ShardRunner`, and resumes where a killed run stopped.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from tqdm import tqdm
 from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import CrawlError, ErrorCode
 from curation.crawl.fetch import Fetcher
+from curation.crawl.inputs import InputError
 from curation.crawl.plan import CrawlPlan, PlannedUrl, plan_crawl
 from curation.crawl.process import init_worker, process_image
 from curation.crawl.shard_writer import CrawlOutput, ShardStats, count_codes, sample_meta
+from curation.tasks import ShardRunner
 from manifests.atomic import write_bytes_atomic
 from manifests.image_shards import ImageShardWriter
 
@@ -182,13 +185,22 @@ class CrawlSummary:
 
 
 def run_crawl(
-    inputs: list[str | Path], out_dir: str | Path, config: CrawlConfig, progress: bool = True
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    config: CrawlConfig,
+    progress: bool = True,
+    runner: ShardRunner | None = None,
 ) -> CrawlSummary:
-    """Crawl every input URL into ``out_dir``; a rerun skips shards already complete."""
+    """Crawl every input URL into ``out_dir``; a rerun skips shards already complete.
+    With a ``runner``, each pending shard is one task of :func:`crawl_shard` (its fetch
+    limits then hold per task)."""
     started = time.perf_counter()
     plan = plan_crawl(inputs, config.url_column)
     for problem in plan.problems[:20]:
         log.warning("input: %s", problem)
+    if not plan.rows:
+        raise InputError(f"{[str(i) for i in inputs]}: no URLs in the inputs "
+                         f"({len(plan.problems)} unusable records)")  # fmt: skip
     output = CrawlOutput(out_dir)
     _claim_output(output.root, plan, config)
     output.remove_partial()
@@ -196,8 +208,13 @@ def run_crawl(
     done = output.complete_shards()
     pending = [i for i in range(len(shards)) if i not in done]
     todo = sum(len(shards[i]) for i in pending)
-    with tqdm(total=todo, unit="url", desc="crawl", disable=not progress, smoothing=0.1) as bar:
-        _crawl_in_processes(shards, pending, config, output.root, bar)
+    if runner is not None:
+        runner(crawl_shard, [(i, shards[i], config, str(output.root)) for i in pending],
+               desc="crawl")  # fmt: skip
+    else:
+        with tqdm(total=todo, unit="url", desc="crawl", disable=not progress,
+                  smoothing=0.1) as bar:  # fmt: skip
+            _crawl_in_processes(shards, pending, config, output.root, bar)
     all_stats = [output.shard_stats(i) for i in range(len(shards))]
     codes: dict[str, int] = {}
     for s in all_stats:

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from curation.dedup.copy_graph import (
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes, int64_codes
 from curation.dedup.policy import reasons, representatives
 from curation.dedup.union_find import UnionFind, components_of_equal_values
+from curation.tasks import ShardRunner
 from manifests.atomic import write_bytes_atomic
 from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.job import claim_directory
@@ -73,9 +75,14 @@ class _HashInputs(ManifestImageDataset):
 
 
 def hash_pool(
-    manifests: list[str | Path], out: str | Path, config: DedupConfig, progress: bool = True
+    manifests: list[str | Path],
+    out: str | Path,
+    config: DedupConfig,
+    progress: bool = True,
+    runner: ShardRunner | None = None,
 ) -> ShardedParquet:
-    """Write ``out/hashes/NNNNN.parquet`` (schema ``hashes/1``); complete shards are kept."""
+    """Write ``out/hashes/NNNNN.parquet`` (schema ``hashes/1``); complete shards are kept.
+    With a ``runner``, each pending shard is one task of :func:`hash_shard`."""
     rows = require_image_rows(manifests)
     store = ShardedParquet(Path(out) / "hashes", HASHES)
     job = {"manifests": [str(m) for m in manifests], "rows": len(rows),
@@ -83,18 +90,35 @@ def hash_pool(
     claim_directory(store.root, job, bool(store.complete()), "hash.json")
     store.remove_partial()
     todo = pending_shards(rows, config.rows_per_shard, store.complete())
+    if runner is not None:
+        runner(hash_shard, [(i, chunk, str(store.root), config) for i, chunk in todo], desc="hash")
+        return store
     with tqdm(total=sum(len(chunk) for _, chunk in todo), unit="img", desc="hash",
               disable=not progress) as bar:  # fmt: skip
         for index, chunk in todo:
-            loader = DataLoader(_HashInputs(chunk), batch_size=64, collate_fn=list,
-                                num_workers=config.num_workers)  # fmt: skip
-            hashed: list[dict[str, Any]] = []
-            for batch in loader:
-                hashed += batch
-                bar.update(len(batch))
-            table = pa.Table.from_pylist(hashed, schema=HASHES.arrow.remove(0))
-            store.write(index, table.add_column(0, "id", pa.array([r["id"] for r in chunk])))
+            hash_shard(index, chunk, store.root, config, bar.update)
     return store
+
+
+def hash_shard(
+    index: int,
+    rows: list[dict[str, Any]],
+    root: str | Path,
+    config: DedupConfig,
+    on_images: Callable[[int], Any] | None = None,
+) -> None:
+    """Hash the images of ``rows`` (as ``read_image_rows`` gives them) and commit shard
+    ``index`` of ``root``; ``on_images(n)`` is called as batches finish."""
+    loader = DataLoader(_HashInputs(rows), batch_size=64, collate_fn=list,
+                        num_workers=config.num_workers)  # fmt: skip
+    hashed: list[dict[str, Any]] = []
+    for batch in loader:
+        hashed += batch
+        if on_images is not None:
+            on_images(len(batch))
+    table = pa.Table.from_pylist(hashed, schema=HASHES.arrow.remove(0))
+    table = table.add_column(0, "id", pa.array([r["id"] for r in rows]))
+    ShardedParquet(root, HASHES).write(index, table)
 
 
 def _union_pairs(uf: UnionFind, pairs: tuple[np.ndarray, np.ndarray]) -> int:
@@ -111,8 +135,8 @@ def aligned_vectors(ids: list[str], store: EmbeddingStore) -> tuple[np.ndarray, 
     if unknown:
         log.warning("%s: %d embedded ids are not in the pool; ignored", store.root, unknown)
     missing = len(ids) - int((rows >= 0).sum())
-    if missing:
-        log.warning("%d pool images have no embedding: no copy edges", missing)
+    if missing:  # build_lvd embeds only the representatives of hash groups
+        log.info("%d pool images have no embedding: no copy edges of their own", missing)
     return rows[rows >= 0], vectors[rows >= 0]
 
 
@@ -218,17 +242,32 @@ def run_dedup(
     evaluation: list[str | Path] = (),
     config: DedupConfig | None = None,
     progress: bool = True,
+    runner: ShardRunner | None = None,
 ) -> dict[str, Any]:
     """Hash the pool (resumable), then write ``out/dedup/NNNNN.parquet`` (one row per pool
     image, in manifest order, ``rows_per_shard`` per shard) and ``out/dedup_stats.json``."""
     config = config or DedupConfig()
     started = time.perf_counter()
-    hashes = hash_pool(manifests, out, config, progress).read()
-    stats_hash_s = time.perf_counter() - started
+    hashes = hash_pool(manifests, out, config, progress, runner).read()
+    stats = write_dedup(hashes, out, embeddings, evaluation, config)
+    stats["seconds"]["hash_stage_s"] = round(time.perf_counter() - started, 3)
+    write_bytes_atomic(Path(out) / "dedup_stats.json", json.dumps(stats, indent=1).encode())
+    return stats
+
+
+def write_dedup(
+    hashes: pa.Table,
+    out: str | Path,
+    embeddings: str | Path | None = None,
+    evaluation: list[str | Path] = (),
+    config: DedupConfig | None = None,
+) -> dict[str, Any]:
+    """:func:`deduplicate` the hashed pool into ``out/dedup/NNNNN.parquet`` and
+    ``out/dedup_stats.json``; returns the stats."""
+    config = config or DedupConfig()
     pool_store = EmbeddingStore(embeddings) if embeddings is not None else None
     table, stats = deduplicate(hashes, pool_store, [EmbeddingStore(e) for e in evaluation],
                                config)  # fmt: skip
-    stats["seconds"]["hash_stage_s"] = round(stats_hash_s, 3)
     stats["reasons"] = {
         str(k): v for k, v in Counter(table.column("reason").to_pylist()).items() if k is not None
     }

@@ -7,12 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from curation.seeds.adapters import ADAPTERS, Adapter
-from manifests.atomic import atomic_path
 from manifests.config import ConfigError
+from manifests.parquet_io import write_image_manifest
 
 
 @dataclass
@@ -36,9 +33,4 @@ def write_seed_manifest(name: str, config: SeedSetsConfig, out: str | Path) -> t
     """``out/<name>.parquet``: id, path, tar, key, label for every image of the seed set."""
     adapter, root = resolve(name, config)
     rows = adapter.rows(name, root)
-    schema = pa.schema([("id", pa.string()), ("path", pa.string()), ("tar", pa.string()),
-                        ("key", pa.string()), ("label", pa.int64())])  # fmt: skip
-    path = Path(out) / f"{name}.parquet"
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-    return path, len(rows)
+    return write_image_manifest(rows, Path(out) / f"{name}.parquet"), len(rows)

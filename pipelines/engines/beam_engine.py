@@ -1,0 +1,62 @@
+"""The Beam engine: the crawl and hash stages as Apache Beam pipelines, one element per
+shard; the other stages run locally (they are one global step each, or GPU work).
+
+Locally the pipelines run on the FnApiRunner (the DirectRunner's default path tries to
+download a binary); ``--runner`` and any other pipeline options are passed through, e.g.
+``--runner=DataflowRunner --project=... --region=... --temp_location=gs://...
+--setup_file=./setup.py`` (output directories must then be shared storage).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from curation.tasks import ShardRunner
+
+log = logging.getLogger(__name__)
+
+BEAM_STAGES = ("crawl", "hash")
+
+
+class BeamEngine:
+    name = "beam"
+
+    def __init__(self, options: list[str]) -> None:
+        from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+        self.options = PipelineOptions(options)
+        self.runner_name = self.options.view_as(StandardOptions).runner
+
+    def _runner(self):
+        if self.runner_name:
+            return self.runner_name
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+
+    def runner(self, stage: str) -> ShardRunner | None:
+        return self.run_tasks if stage in BEAM_STAGES else None
+
+    def run_tasks(
+        self, fn: Callable[..., Any], tasks: list[tuple], *, desc: str, gpus: float = 0.0
+    ) -> None:
+        import apache_beam as beam
+
+        if not tasks:
+            return
+        log.info("beam: %s, %d shard tasks", desc, len(tasks))
+        with beam.Pipeline(runner=self._runner(), options=self.options) as p:
+            _ = (
+                p
+                | f"{desc} shards" >> beam.Create(tasks)
+                | "spread" >> beam.Reshuffle()
+                | f"{desc} shard" >> beam.MapTuple(fn)
+            )
+
+    def call(self, fn: Callable[..., Any], *args: Any, gpus: float = 0.0) -> Any:
+        return fn(*args)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,58 @@
+"""The Ray engine: shard tasks as Ray tasks, global steps as one Ray task, on a running
+cluster (``address="auto"``, as under ``ray submit``) or on a local instance.
+
+A task asks for a GPU only where the cluster has GPUs, so the same pipeline runs on a
+laptop's Ray and on the GPU cluster of ``pipelines/cluster/gpu.yaml``: embedding shards
+then land on GPU workers, and dedup and retrieval run where faiss sees a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tqdm import tqdm
+
+from curation.tasks import ShardRunner
+
+log = logging.getLogger(__name__)
+
+
+class RayEngine:
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        import ray
+
+        self._ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
+                     configure_logging=False)  # fmt: skip
+        self.has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        log.info("ray: %s", ray.cluster_resources())
+
+    def _remote(self, fn: Callable[..., Any], gpus: float):
+        return self._ray.remote(fn).options(num_cpus=1, num_gpus=gpus if self.has_gpus else 0)
+
+    def runner(self, stage: str) -> ShardRunner | None:
+        return self.run_tasks
+
+    def run_tasks(
+        self, fn: Callable[..., Any], tasks: list[tuple], *, desc: str, gpus: float = 0.0
+    ) -> None:
+        remote = self._remote(fn, gpus)
+        pending = [remote.remote(*task) for task in tasks]
+        with tqdm(total=len(pending), unit="shard", desc=f"{desc} (ray)") as bar:
+            while pending:
+                done, pending = self._ray.wait(pending, num_returns=1)
+                self._ray.get(done)  # a failed task raises here, with its traceback
+                bar.update(len(done))
+
+    def call(self, fn: Callable[..., Any], *args: Any, gpus: float = 0.0) -> Any:
+        return self._ray.get(self._remote(fn, gpus).remote(*args))
+
+    def close(self) -> None:
+        if self._owns_ray:
+            self._ray.shutdown()

@@ -1,0 +1,173 @@
+"""The stages of ``pipelines.build_lvd``: what each reads and writes under the build
+directory, and how it hands its work to an engine.
+
+crawl -> hash (sha256, pHash, PCA hash; near-exact dedup) -> embed_pool (hash-group
+representatives only) -> dedup (copy + relative dedup) -> embed_seeds -> retrieve (the LVD
+manifest) -> report. Each writes ``DIR/<stage>/`` and, when finished, ``DIR/<stage>/stage.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from curation.crawl.crawler import run_crawl
+from curation.dedup.stage import run_dedup, write_dedup
+from curation.embed import Embedder, embed_manifests, load_embedder
+from curation.lvd_manifest import PoolInputs, RetrievalConfig, build_lvd
+from curation.seeds.registry import write_seed_manifest
+from manifests.parquet_io import ShardedParquet, read_manifest, write_image_manifest
+from manifests.schemas import DEDUP, HASHES
+from pipelines.curation_config import CurationConfig
+from pipelines.engines import Engine
+from pipelines.report import write_report
+from training.data.dataset import read_image_rows, row_location
+
+
+@dataclass
+class Build:
+    """One build directory, its recipe and the engine that runs it."""
+
+    out: Path
+    config: CurationConfig
+    engine: Engine
+    progress: bool = True
+
+    def dir(self, stage: str) -> Path:
+        return self.out / stage
+
+    @property
+    def pool_manifest(self) -> Path:
+        return self.dir("crawl") / "manifest" / "pool"
+
+    @property
+    def kept_manifest(self) -> Path:  # hash-group representatives: what embed_pool embeds
+        return self.dir("hash") / "kept.parquet"
+
+    def seed_manifest(self, name: str) -> Path:
+        return self.dir("embed_seeds") / "manifests" / f"{name}.parquet"
+
+    def seed_embeddings(self, name: str) -> Path:
+        return self.dir("embed_seeds") / name
+
+    @property
+    def copy_model(self) -> str:
+        return self.config.copy_model or self.config.model
+
+    def pool_embeddings(self, model: str) -> Path:
+        """Where embed_pool puts the pool's descriptors of the retrieval or copy model."""
+        return self.dir("embed_pool") / ("retrieval" if model == self.config.model else "copy")
+
+    def embed(self, manifests: list[Path], out: Path, model: str, stage: str) -> dict[str, int]:
+        return embed_manifests(manifests, _embedder(model), out, self.config.embed,
+                               self.progress, self.engine.runner(stage))  # fmt: skip
+
+
+@functools.cache
+def _embedder(spec: str) -> Embedder:
+    return load_embedder(spec)
+
+
+def crawl(b: Build) -> dict[str, Any]:
+    c = b.config
+    s = run_crawl(c.urls, b.dir("crawl"), c.crawl, b.progress, b.engine.runner("crawl"))
+    return {"urls": s.urls, "ok": s.ok, "error_codes": s.error_codes}
+
+
+def hash_(b: Build) -> dict[str, Any]:
+    stats = run_dedup([b.pool_manifest], b.dir("hash"), config=b.config.dedup,
+                      progress=b.progress, runner=b.engine.runner("hash"))  # fmt: skip
+    kept = set(_kept_ids(b.dir("hash")))
+    rows = [{"id": r["id"], **row_location(r)} for r in read_image_rows([b.pool_manifest])
+            if r["id"] in kept]  # fmt: skip
+    write_image_manifest(rows, b.kept_manifest)
+    return {"funnel": stats["funnel"], "kept": len(rows)}
+
+
+def _kept_ids(dedup_dir: Path) -> list[str]:
+    table = read_manifest([dedup_dir / "dedup"], DEDUP, ["id", "keep"])
+    return table.filter(pc.field("keep")).column("id").to_pylist()
+
+
+def embed_pool(b: Build) -> dict[str, Any]:
+    """Descriptors of the hash-group representatives: the retrieval model's, and the copy
+    model's when the recipe names another (SSCD for copies, ViT-H/16 for retrieval)."""
+    models = dict.fromkeys([b.config.model, b.copy_model])
+    return {m: b.embed([b.kept_manifest], b.pool_embeddings(m), m, "embed_pool") for m in models}
+
+
+def dedup(b: Build) -> dict[str, Any]:
+    evaluation = []
+    for name in b.config.evaluation_sets:
+        manifest, _ = write_seed_manifest(name, b.config.seeds, b.dir("dedup") / "eval_manifests")
+        evaluation.append(str(b.dir("dedup") / "eval" / name))
+        b.embed([manifest], Path(evaluation[-1]), b.copy_model, "dedup")
+    hashes, pool = str(b.dir("hash") / "hashes"), str(b.pool_embeddings(b.copy_model))
+    stats = b.engine.call(_copy_dedup, hashes, str(b.dir("dedup")), pool, evaluation,
+                          b.config.dedup, gpus=1.0)  # fmt: skip
+    return {"funnel": stats["funnel"], "reasons": stats["reasons"]}
+
+
+def _copy_dedup(hashes: str, out: str, embeddings: str, evaluation: list[str], config) -> dict:
+    return write_dedup(ShardedParquet(hashes, HASHES).read(), out, embeddings, evaluation, config)
+
+
+def embed_seeds(b: Build) -> dict[str, Any]:
+    """One manifest per seed set, and its embeddings unless every plan takes it as is."""
+    plans = b.config.seed_sets
+    summary = {}
+    for name in dict.fromkeys(p.name for p in plans):
+        manifest, count = write_seed_manifest(name, b.config.seeds, b.seed_manifest(name).parent)
+        summary[name] = {"images": count}
+        if any(p.method != "as_is" for p in plans if p.name == name):
+            summary[name] |= b.embed([manifest], b.seed_embeddings(name), b.config.model,
+                                     "embed_seeds")  # fmt: skip
+    return summary
+
+
+def retrieve(b: Build) -> dict[str, Any]:
+    c = b.config
+    plans = [replace(plan, manifest=[str(b.seed_manifest(plan.name))],
+                     embeddings="" if plan.method == "as_is" else str(b.seed_embeddings(plan.name)))
+             for plan in c.seed_sets]  # fmt: skip
+    embeddings = str(b.pool_embeddings(b.config.model))
+    pool = PoolInputs([str(b.pool_manifest)], embeddings, str(b.dir("dedup")))
+    config = RetrievalConfig(pool, plans, c.kmeans, c.search, c.rows_per_shard, c.seed)
+    return b.engine.call(build_lvd, config, str(b.dir("retrieve")), gpus=1.0)
+
+
+def report(b: Build) -> dict[str, Any]:
+    return {"report": str(write_report(b.out))}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Build], dict[str, Any]]
+    needs: tuple[str, ...]
+    # the parts of the recipe its output depends on (with its inputs' fingerprints)
+    settings: Callable[[CurationConfig], Any]
+
+
+STAGES = (
+    Stage("crawl", crawl, (), lambda c: {"urls": c.urls, "crawl": asdict(c.crawl)}),
+    Stage("hash", hash_, ("crawl",), lambda c: asdict(c.dedup)),
+    Stage("embed_pool", embed_pool, ("hash",),
+          lambda c: {"model": c.model, "copy_model": c.copy_model, "embed": asdict(c.embed)}),
+    Stage("dedup", dedup, ("hash", "embed_pool"),
+          lambda c: {"dedup": asdict(c.dedup), "evaluation_sets": c.evaluation_sets,
+                     "seeds": asdict(c.seeds)}),
+    Stage("embed_seeds", embed_seeds, (),
+          lambda c: {"seed_sets": [asdict(p) for p in c.seed_sets], "seeds": asdict(c.seeds),
+                     "model": c.model, "embed": asdict(c.embed)}),
+    Stage("retrieve", retrieve, ("crawl", "embed_pool", "dedup", "embed_seeds"),
+          lambda c: {"kmeans": asdict(c.kmeans), "search": asdict(c.search),
+                     "rows_per_shard": c.rows_per_shard, "seed": c.seed}),
+    Stage("report", report, ("crawl", "hash", "dedup", "retrieve"), lambda c: None),
+)  # fmt: skip
+STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -1,0 +1,77 @@
+"""Real photographs that ship with Debian and PyPI packages, for the demo and benchmarks
+(no downloads): opencv-doc's examples, mate-backgrounds, tuxpaint-stamps-default, and
+scikit-image's bundled data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+PACKAGES = {
+    "opencv-doc": "/usr/share/doc/opencv-doc/examples/data",
+    "mate-backgrounds": "/usr/share/backgrounds/mate",
+    "tuxpaint-stamps-default": "/usr/share/tuxpaint/stamps",
+}
+
+
+def ensure_packages() -> None:
+    """apt-get install the image packages that are missing (as root; else exit with the
+    command to run)."""
+    missing = [p for p, d in PACKAGES.items() if not Path(d).is_dir()]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(f"missing image packages: apt-get install {' '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+
+
+def _image_files() -> list[Path]:
+    roots = list(PACKAGES.values())
+    try:
+        import skimage
+
+        roots.append(str(Path(skimage.__file__).parent / "data"))
+    except ImportError:
+        pass
+    files = []
+    for root in roots:
+        files += [p for p in Path(root).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    return sorted(files)
+
+
+def real_photos(
+    max_side: int, min_side: int = 64, min_std: float = 20.0, limit: int | None = None
+) -> dict[str, Image.Image]:
+    """Distinct RGB photos from the installed packages (name -> image at most ``max_side``),
+    transparency flattened onto white: near-blank ones (grey-level std below ``min_std``:
+    some stamps flatten to white) are left out, and so is any image whose pHash is within
+    6 bits of one already taken (the packages hold near-copies themselves, e.g. one glyph
+    in two sizes), so that the only copies are the ones a caller makes. ``limit``: stop
+    after that many."""
+    images, seen = {}, []
+    for path in _image_files():
+        if limit is not None and len(images) >= limit:
+            break
+        try:
+            with Image.open(path) as raw:
+                raw.draft("RGB", (max_side, max_side))
+                rgba = raw.convert("RGBA")
+        except Exception:  # noqa: BLE001 - a package file that is no image is skipped
+            continue
+        image = Image.new("RGB", rgba.size, (255, 255, 255))
+        image.paste(rgba, mask=rgba.getchannel("A"))
+        image.thumbnail((max_side, max_side))
+        if min(image.size) < min_side or np.asarray(image.convert("L")).std() < min_std:
+            continue
+        code = imagehash.phash(image)
+        if all(code - other > 6 for other in seen):
+            seen.append(code)
+            images[f"{path.parent.name}/{path.stem}"] = image
+    return images

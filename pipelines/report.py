@@ -1,0 +1,179 @@
+"""``DIR/report.html``: one self-contained page (images inlined) about a build: the funnel
+from URLs to the curated set, a Table-15-style line per seed set, duplicate groups,
+sample clusters, and retrieval examples (a seed image beside what it retrieved)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from manifests.atomic import write_bytes_atomic
+from manifests.parquet_io import read_manifest
+from manifests.schemas import DEDUP, LVD
+from training.data.dataset import ManifestImageDataset, read_image_rows
+
+log = logging.getLogger(__name__)
+
+THUMB = 112  # px, longer side
+GROUPS, PER_GROUP = 8, 8  # grids: rows shown, images per row
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse}td,th{padding:.3em .8em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.bar{background:#4a7bd0;height:1em;display:inline-block}
+.row{display:flex;gap:6px;align-items:flex-end;margin:.6em 0;flex-wrap:wrap}
+figure{margin:0;text-align:center;font-size:11px;color:#555}
+figure img{display:block;border:3px solid transparent;max-width:112px;max-height:112px}
+figure.keep img{border-color:#2a9d4a}figure.seed img{border-color:#d08a2a}
+.label{min-width:9em;font-size:12px;color:#555}
+"""
+
+
+def _rows_by_id(manifests: list[Path]) -> dict[str, dict[str, Any]]:
+    existing = [m for m in manifests if m.exists()]
+    return {r["id"]: r for r in read_image_rows(existing)} if existing else {}
+
+
+class _Thumbs:
+    """Inline JPEG thumbnails of manifest rows (an unreadable image shows its id only)."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self.rows = rows
+        self.reader = ManifestImageDataset([])
+
+    def figure(self, id_: str, caption: str = "", css: str = "") -> str:
+        row = self.rows.get(id_)
+        img = ""
+        if row is not None:
+            try:
+                with Image.open(io.BytesIO(self.reader.read_bytes(row))) as image:
+                    image = image.convert("RGB")
+                    image.thumbnail((THUMB, THUMB))
+                    buf = io.BytesIO()
+                    image.save(buf, "JPEG", quality=80)
+                data = base64.b64encode(buf.getvalue()).decode()
+                img = f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(id_)}">'
+            except Exception as exc:  # noqa: BLE001 - the report shows what it can
+                log.warning("report: cannot show %s: %s", id_, exc)
+        return (f'<figure class="{css}">{img}<figcaption>{html.escape(caption)}'
+                f"</figcaption></figure>")  # fmt: skip
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _funnel(out: Path) -> str:
+    crawl = _json(out / "crawl" / "stats.json")
+    dedup = _json(out / "dedup" / "dedup_stats.json").get("funnel", {})
+    curated = _json(out / "retrieve" / "retrieval_stats.json").get("images")
+    steps = [("URLs", crawl.get("urls")), ("downloaded", crawl.get("ok")),
+             ("after exact dedup", dedup.get("after_exact")),
+             ("after hash dedup", dedup.get("after_hash")),
+             ("after copy dedup", dedup.get("after_copy")),
+             ("after relative dedup", dedup.get("after_relative")),
+             ("curated (LVD manifest)", curated)]  # fmt: skip
+    top = max((n for _, n in steps if n), default=1)
+    rows = [[name, "-" if n is None else f"{n:,}",
+             f'<span class="bar" style="width:{300 * (n or 0) / top:.0f}px"></span>']
+            for name, n in steps]  # fmt: skip
+    errors = sorted(crawl.get("error_codes", {}).items(), key=lambda kv: -kv[1])
+    failed = _table(["crawl error", "URLs"], [[html.escape(k), v] for k, v in errors])
+    return _table(["step", "images", ""], rows) + "<h3>Failed downloads</h3>" + failed
+
+
+def _table15(out: Path) -> str:
+    stats = _json(out / "retrieve" / "retrieval_stats.json").get("seed_sets", [])
+    rows = [[html.escape(s["seed_set"]), s["method"], f"{s['seed_images']:,}",
+             f"{s['retrieved']:,}", f"{s['after_cap']:,}"] for s in stats]  # fmt: skip
+    return _table(["seed set", "method", "seed images", "retrieved", "after cap"], rows)
+
+
+def _duplicate_groups(out: Path, thumbs: _Thumbs) -> str:
+    files = out / "dedup" / "dedup"
+    if not files.is_dir():
+        return "<p>No dedup output.</p>"
+    table = read_manifest([files], DEDUP, ["id", "copy_component", "keep", "reason"]).to_pylist()
+    groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in table:
+        groups[row["copy_component"]].append(row)
+    shown = sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)[:GROUPS]
+    parts = []
+    for group in shown:
+        figs = [thumbs.figure(r["id"], "kept" if r["keep"] else (r["reason"] or ""),
+                              "keep" if r["keep"] else "") for r in group[:PER_GROUP]]  # fmt: skip
+        parts.append(f'<div class="row"><span class="label">{len(group)} images</span>'
+                     f"{''.join(figs)}</div>")  # fmt: skip
+    return "".join(parts) or "<p>No duplicate groups.</p>"
+
+
+def _lvd_rows(out: Path) -> list[dict[str, Any]]:
+    files = out / "retrieve" / "lvd"
+    return read_manifest([files], LVD).to_pylist() if files.is_dir() else []
+
+
+def _clusters(lvd: list[dict[str, Any]], thumbs: _Thumbs) -> str:
+    clusters: dict[int, list[str]] = defaultdict(list)
+    for row in lvd:
+        if row["cluster"] is not None:
+            clusters[row["cluster"]].append(row["id"])
+    largest = sorted(clusters.items(), key=lambda kv: -len(kv[1]))[:GROUPS]
+    parts = [f'<div class="row"><span class="label">cluster {c} ({len(ids)} images)</span>'
+             + "".join(thumbs.figure(i) for i in ids[:PER_GROUP]) + "</div>"
+             for c, ids in largest]  # fmt: skip
+    return "".join(parts) or "<p>No seed set used the cluster method.</p>"
+
+
+def _retrieval_examples(lvd: list[dict[str, Any]], thumbs: _Thumbs) -> str:
+    by_seed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in lvd:
+        if "sample" in (row["methods"] or []):
+            for seed in row["seed_ids"] or []:
+                by_seed[seed].append(row)
+    parts = []
+    for seed, rows in sorted(by_seed.items())[:GROUPS]:
+        rows = sorted(rows, key=lambda r: -(r["best_similarity"] or 0))[:PER_GROUP]
+        figs = [thumbs.figure(r["id"], f"{r['best_similarity'] or 0:.2f}") for r in rows]
+        parts.append(f'<div class="row">{thumbs.figure(seed, "seed", "seed")}'
+                     f"{''.join(figs)}</div>")  # fmt: skip
+    return "".join(parts) or "<p>No seed set used the sample method.</p>"
+
+
+def write_report(out: str | Path) -> Path:
+    """Write ``out/report.html`` from the stage outputs under ``out``; returns its path."""
+    out = Path(out)
+    seed_manifests = sorted((out / "embed_seeds" / "manifests").glob("*.parquet"))
+    thumbs = _Thumbs(_rows_by_id([out / "crawl" / "manifest" / "pool", *seed_manifests]))
+    lvd = _lvd_rows(out)
+    sections = [
+        ("Funnel", _funnel(out)),
+        ("Seed sets (as the paper's Table 15)", _table15(out)),
+        ("Duplicate groups (green: the image kept)", _duplicate_groups(out, thumbs)),
+        ("Sample clusters", _clusters(lvd, thumbs)),
+        ("Retrieval examples (orange: the seed image; captions: cosine)",
+         _retrieval_examples(lvd, thumbs)),
+    ]  # fmt: skip
+    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
+    name = html.escape(str(out))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>LVD build: {name}"
+            f"</title><style>{STYLE}</style></head><body><h1>LVD build <code>{name}</code>"
+            f"</h1>{body}</body></html>")  # fmt: skip
+    path = out / "report.html"
+    write_bytes_atomic(path, page.encode())
+    return path

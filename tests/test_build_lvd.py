@@ -1,0 +1,292 @@
+"""build_lvd end to end on the demo web: the funnel, the LVD manifest and the report; the
+same manifest from the local, Ray and Beam engines; resume after a kill in every stage;
+clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+
+from manifests.config import ConfigError, load_config
+from manifests.embeddings import EmbeddingStore
+from manifests.parquet_io import read_manifest
+from manifests.schemas import DEDUP, HASHES, LVD, POOL
+from pipelines import build_lvd as cli
+from pipelines.build_lvd import MissingStageError, run_build
+from pipelines.curation_config import CurationConfig
+from pipelines.demo import demo_web
+from pipelines.engines.local import LocalEngine
+from pipelines.lvd_stages import STAGE_NAMES
+from training.data.dataset import ManifestImageDataset
+
+N_PHOTOS = 96  # + their copies: enough for the PCA hash, several shards per stage
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    """The demo web, served for the whole module, and its recipe."""
+    root = tmp_path_factory.mktemp("demo")
+    with demo_web(root / "inputs", N_PHOTOS) as config:
+        yield root, config
+
+
+@pytest.fixture(scope="module")
+def local_build(web):
+    root, config = web
+    out = root / "local"
+    return out, run_build(out, config, LocalEngine(), progress=False)
+
+
+def lvd_table(out: Path) -> pa.Table:
+    """The LVD manifest without its image locations (they name the build directory)."""
+    table = read_manifest([out / "retrieve" / "lvd"], LVD)
+    return table.drop_columns(["path", "tar", "key"]).sort_by("id")
+
+
+def assert_same_lvd(a: Path, b: Path) -> None:
+    """Same rows and provenance; cosines equal to float32 summation order (faiss threads)."""
+    ta, tb = lvd_table(a), lvd_table(b)
+    assert ta.drop_columns(["best_similarity"]).equals(tb.drop_columns(["best_similarity"]))
+    sa = np.array(ta.column("best_similarity").to_pylist(), dtype=float)
+    sb = np.array(tb.column("best_similarity").to_pylist(), dtype=float)
+    np.testing.assert_allclose(sa, sb, atol=1e-4)  # nulls (NaN) where taken as is
+
+
+def dedup_table(out: Path) -> pa.Table:
+    return read_manifest([out / "dedup" / "dedup"], DEDUP)
+
+
+def test_demo_build_runs_every_stage_and_reconciles(web, local_build):
+    out, results = local_build
+    assert [r.stage for r in results] == list(STAGE_NAMES)
+    assert all(r.status == "ran" for r in results)
+    crawl = json.loads((out / "crawl" / "stats.json").read_text())
+    n_copies = N_PHOTOS // 8 * 4  # one exact, near-exact, cropped or captioned copy each
+    assert crawl["urls"] == N_PHOTOS + n_copies + 6  # + five hostile responses + a 404
+    assert crawl["ok"] == N_PHOTOS + n_copies  # every hostile response is a failed row
+    dedup = dedup_table(out)
+    assert dedup.num_rows == crawl["ok"]  # one row per downloaded image, none lost
+    reasons = Counter(dedup.column("reason").to_pylist())
+    assert reasons["exact_duplicate"] == N_PHOTOS // 8  # the mirrored files
+    assert {"hash_duplicate", "copy_duplicate", "evaluation_overlap"} <= set(reasons)
+    funnel = json.loads((out / "dedup" / "dedup_stats.json").read_text())["funnel"]
+    assert funnel["raw"] > funnel["after_exact"] > funnel["after_hash"] > funnel["after_copy"]
+    assert funnel["after_relative"] < funnel["after_copy"]  # the evaluation copies went
+
+    lvd = read_manifest([out / "retrieve" / "lvd"], LVD)
+    kept = set(dedup.filter(dedup.column("keep")).column("id").to_pylist())
+    assert set(lvd.column("id").to_pylist()) <= kept  # only kept pool images are curated
+    sets = {s for row in lvd.column("seed_sets").to_pylist() for s in row}
+    assert sets == {"demo_sample", "demo_cluster"}
+    sample = [r for r in lvd.to_pylist() if "sample" in r["methods"]]
+    # each seed is an edited view of a pool photo: its nearest kept image is that photo
+    assert max(r["best_similarity"] for r in sample) > 0.9
+    dataset = ManifestImageDataset.from_manifests([out / "retrieve" / "lvd"])
+    assert all(dataset[i] is not None for i in range(len(dataset)))  # the trainer reads it
+
+
+def test_a_rerun_skips_finished_stages_and_a_changed_setting_reruns_what_depends_on_it(
+    web, local_build
+):
+    root, config = web
+    out, _ = local_build
+    before = lvd_table(out)
+    again = run_build(out, config, LocalEngine(), progress=False)
+    assert all(r.status == "skipped" for r in again)
+    assert lvd_table(out).equals(before)
+    config.search.nprobe += 1  # only retrieval depends on it (and the report on retrieval)
+    try:
+        changed = run_build(out, config, LocalEngine(), progress=False)
+    finally:
+        config.search.nprobe -= 1
+    ran = [r.stage for r in changed if r.status == "ran"]
+    assert ran == ["retrieve", "report"]
+
+
+def test_report_renders_its_images_in_headless_chromium(local_build, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None and not os.environ.get("LVD_REQUIRE_CHROMIUM"):
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    assert chromium is not None, "LVD_REQUIRE_CHROMIUM is set: apt-get install chromium"
+    out, _ = local_build
+    page = (out / "report.html").read_text()
+    for section in ("Funnel", "Table 15", "Duplicate groups", "Sample clusters", "Retrieval"):
+        assert section in page
+    # after load, the page records how many images decoded to real pixels
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        page.replace(
+            "</body>",
+            """<script>window.addEventListener('load', () => {
+        const imgs = [...document.images];
+        document.body.dataset.images = imgs.length;
+        document.body.dataset.rendered = imgs.filter(i => i.naturalWidth > 0).length;
+    });</script></body>""",
+        )
+    )
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom"]  # fmt: skip
+    dom = subprocess.run([chromium, *flags, probe.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout  # fmt: skip
+    images = int(dom.split('data-images="')[1].split('"')[0])
+    rendered = int(dom.split('data-rendered="')[1].split('"')[0])
+    assert images >= 20 and rendered == images
+
+
+def test_ray_engine_builds_the_same_manifest(web, local_build):
+    from pipelines.engines.ray_engine import RayEngine
+
+    root, config = web
+    out, _ = local_build
+    engine = RayEngine(num_cpus=2)
+    try:
+        results = run_build(root / "ray", config, engine, progress=False)
+    finally:
+        engine.close()
+    assert all(r.status == "ran" for r in results)
+    assert dedup_table(root / "ray").equals(dedup_table(out))
+    assert_same_lvd(root / "ray", out)
+
+
+def test_beam_engine_crawls_and_hashes_like_the_local_one(web, local_build):
+    from pipelines.engines.beam_engine import BeamEngine
+
+    root, config = web
+    out, _ = local_build
+    run_build(root / "beam", config, BeamEngine([]), ["crawl", "hash"], progress=False)
+    pool = [read_manifest([d / "crawl" / "manifest" / "pool"], POOL).drop_columns(["fetch_time"])
+            for d in (out, root / "beam")]  # fmt: skip
+    assert pool[0].equals(pool[1])
+    hashes = [read_manifest([d / "hash" / "hashes"], HASHES) for d in (out, root / "beam")]
+    assert hashes[0].equals(hashes[1])
+    near_exact = [read_manifest([d / "hash" / "dedup"], DEDUP) for d in (out, root / "beam")]
+    assert near_exact[0].equals(near_exact[1])
+
+
+def _start_build(config_path: Path, out: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pipelines.build_lvd", "--config", str(config_path),
+           "--out", str(out), "--no-progress"]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def test_a_build_killed_in_every_stage_resumes_to_the_same_manifest(web, local_build, tmp_path):
+    root, config = web
+    reference, _ = local_build
+    config_path = tmp_path / "recipe.yaml"
+    config_path.write_text(yaml.safe_dump(asdict(config)))
+    out = tmp_path / "build"
+    # kill once this exists: the first committed shard of a sharded stage, else its directory
+    kill_when = {"crawl": "crawl/manifest/pool/00000.parquet", "hash": "hash/hashes/00000.parquet",
+                 "embed_pool": "embed_pool/retrieval/00000.parquet", "dedup": "dedup",
+                 "embed_seeds": "embed_seeds", "retrieve": "retrieve"}  # fmt: skip
+    killed_in = []
+    for stage in STAGE_NAMES[:-1]:
+        proc = _start_build(config_path, out)
+        while not (out / kill_when[stage]).exists() and proc.poll() is None:
+            time.sleep(0.002)
+        with contextlib.suppress(ProcessLookupError):  # unless it finished first
+            os.killpg(proc.pid, signal.SIGKILL)  # the build and its worker processes
+        output = proc.communicate()[0].decode()
+        assert proc.returncode in (0, -signal.SIGKILL), output
+        if not (out / stage / "stage.json").exists():
+            killed_in.append(stage)
+    # the sharded stages were killed with shards left to do; most others before finishing
+    assert {"crawl", "hash", "embed_pool"} <= set(killed_in) and len(killed_in) >= 4, killed_in
+    proc = _start_build(config_path, out)
+    log = proc.communicate(timeout=240)[0].decode()
+    assert proc.returncode == 0, log
+    assert dedup_table(out).equals(dedup_table(reference))
+    assert_same_lvd(out, reference)
+
+
+def test_clear_errors_for_bad_inputs(web, tmp_path, capsys):
+    root, config = web
+    recipe = asdict(config)
+    path = tmp_path / "recipe.yaml"
+
+    def build(*args: str) -> str:
+        assert cli.main(["--out", str(tmp_path / "out"), "--no-progress", *args]) == 2
+        return capsys.readouterr().err
+
+    assert "no-such.yaml" in build("--config", str(tmp_path / "no-such.yaml"))
+    path.write_text("seed_sets: [unclosed\n")
+    assert "recipe.yaml" in build("--config", str(path))
+    path.write_text(yaml.safe_dump({**recipe, "seeds": {**recipe["seeds"], "roots": {}}}))
+    err = build("--config", str(path))
+    assert "seed set demo_sample: no root; give --seed-root demo_sample=PATH" in err
+    err = build("--config", str(path), "--seed-root", f"demo_sample={tmp_path / 'gone'}",
+                "--seed-sets", "demo_sample", "--set", "evaluation_sets=[]")  # fmt: skip
+    assert f"{tmp_path / 'gone'} does not exist; expected ROOT/<class>/*.jpg" in err
+    (tmp_path / "empty.txt").write_text("\n")
+    path.write_text(yaml.safe_dump(recipe))
+    err = build("--config", str(path), "--urls", str(tmp_path / "empty.txt"))
+    assert "empty.txt" in err and "no URLs in the inputs" in err
+    err = build("--config", str(path), "--stages", "retrieve")
+    assert "stage retrieve needs the output of stage crawl" in err
+    assert "--seed-sets" in build("--config", str(path), "--seed-sets", "imagenet22k")
+    with pytest.raises(MissingStageError, match="run it first: --stages hash"):
+        run_build(tmp_path / "fresh", config, LocalEngine(), ["embed_pool"], progress=False)
+
+
+def test_a_separate_copy_model_dedups_and_the_retrieval_model_retrieves(web, local_build,
+                                                                        tmp_path):  # fmt: skip
+    root, config = web
+    reference, _ = local_build
+    out = tmp_path / "two-models"
+    for stage in ("crawl", "hash"):  # same recipe for these: reused, not rerun
+        shutil.copytree(reference / stage, out / stage)
+    tiny = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4),
+                                                torch.nn.AdaptiveAvgPool2d(1),
+                                                torch.nn.Flatten()))  # fmt: skip
+    tiny.save(str(tmp_path / "tiny.pt"))
+    two = copy.deepcopy(config)
+    two.copy_model, two.model = config.model, f"torchscript:{tmp_path / 'tiny.pt'}@64"
+    results = run_build(out, two, LocalEngine(), ["crawl", "hash", "embed_pool", "dedup"],
+                        progress=False)  # fmt: skip
+    assert [r.status for r in results] == ["skipped", "skipped", "ran", "ran"]
+    assert EmbeddingStore(out / "embed_pool" / "copy").model == config.model
+    assert EmbeddingStore(out / "embed_pool" / "retrieval").read()[1].shape[1] == 8
+    assert dedup_table(out).equals(dedup_table(reference))  # copies: the same model decides
+
+
+@pytest.mark.parametrize("name", ["paper", "local", "demo"])
+def test_shipped_curation_recipes_validate_once_given_urls_and_roots(name, tmp_path):
+    config = load_config(CurationConfig, f"configs/curation/{name}.yaml")
+    with pytest.raises(ConfigError, match="no URL inputs"):
+        config.validate()
+    config.urls = ["urls.txt"]
+    for set_name in {p.name for p in config.seed_sets} | set(config.evaluation_sets):
+        config.seeds.roots[set_name] = str(tmp_path)
+    config.validate()
+    if name == "paper":  # Table 15: 3 taken as is, 3 sampled around, 20 clustered
+        methods = Counter(p.method for p in config.seed_sets)
+        assert methods == {"as_is": 3, "sample": 3, "cluster": 20}
+        assert [p.neighbours for p in config.seed_sets if p.method == "sample"] == [4, 32, 4]
+
+
+def test_the_shipped_ray_cluster_yaml_passes_rays_own_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cluster = yaml.safe_load(Path("pipelines/cluster/gpu.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(cluster)))  # `ray up` checks the same
+    cluster["available_node_types"]["gpu_worker"]["gpus"] = 1  # not a key Ray knows
+    with pytest.raises(Exception, match="additionalProperties|gpus"):
+        validate_config(prepare_config(cluster))

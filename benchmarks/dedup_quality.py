@@ -35,6 +35,7 @@ from curation.dedup.stage import (
     copy_settings,
     deduplicate,
     hash_pool,
+    image_reader,
 )
 from curation.dedup.union_find import UnionFind
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
@@ -144,22 +145,33 @@ def quality(args, workdir: Path) -> dict:
         ]
         descriptor = (np.concatenate([e[0] for e in edges]), np.concatenate([e[1] for e in edges]))
         sweep[threshold] = pair_scores(_labels(n, descriptor), family, kind)
-    table, _ = deduplicate(hashes, store, [], config)  # the stage itself: all methods
+    reader = image_reader([manifest], hashes.column("id").to_pylist())
+    started = time.perf_counter()
+    table, stats = deduplicate(hashes, store, [], config, reader)  # the stage: all methods
+    stage_s = time.perf_counter() - started
+    unverified = replace(config, copy=replace(config.copy, verify=False))
+    plain, _ = deduplicate(hashes, store, [], unverified, reader)
     methods = {"phash": _labels(n, phash), "pca_hash": _labels(n, pca)}
     scores = {m: pair_scores(labels, family, kind) for m, labels in methods.items()}
     scores["descriptor"] = sweep[copy.threshold]
+    scores["combined_without_verification"] = pair_scores(
+        plain.column("copy_component").to_numpy(), family, kind
+    )
     scores["combined"] = pair_scores(table.column("copy_component").to_numpy(), family, kind)
     return {
         "seed": args.seed, "images": n, "bases": int((kind == "original").sum()),
         "distractors": int((kind == "other").sum()), "copies_per_base": len(TRANSFORMS),
         "settings": {"phash_radius": config.phash_radius, "pca_radius": config.pca_radius,
                      "descriptor": "efficientnet_lite0",
-                     **{k: getattr(copy, k) for k in ("normalize", "threshold", "k")}},
+                     **{k: getattr(copy, k) for k in ("normalize", "threshold", "k", "verify",
+                                                      "verify_from", "verify_until",
+                                                      "min_inliers")}},
         "methods": scores,
         "descriptor_threshold_sweep": {
             t: {k: v for k, v in sc.items() if k != "recall_per_transform"}
             for t, sc in sweep.items()
         },
+        "verification": stats["verification"], "dedup_stage_s": round(stage_s, 1),
         "hash_images_per_s": round(n / hash_s, 1), "embed_images_per_s": round(n / embed_s, 1),
     }  # fmt: skip
 

@@ -51,7 +51,8 @@ TF_MEAN, TF_STD = (127 / 255,) * 3, (128 / 255,) * 3  # (x*255 - 127) / 128
 # separate copies at a stricter cosine than SSCD's 0.6. Chosen on the set that
 # benchmarks/dedup_quality.py builds (its threshold sweep); relative dedup stays looser,
 # as in the paper, since a missed evaluation copy costs more than a lost pool image.
-EFFICIENTNET_COPY_DETECTION = {"normalize": "whiten", "threshold": 0.72, "relative_threshold": 0.6}
+EFFICIENTNET_COPY_DETECTION = {"normalize": "whiten", "threshold": 0.72, "relative_threshold": 0.6,
+                               "verify": True}  # fmt: skip
 
 
 @dataclass

@@ -144,8 +144,7 @@ class ImageShardReader:
         offset, size = self._index[name]
         if self._file is None:
             self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for repeated reads
-        self._file.seek(offset)
-        return self._file.read(size)
+        return os.pread(self._file.fileno(), size, offset)  # positional: safe across threads
 
     def read_image(self, key: str) -> bytes:
         """The image of sample ``key``, whatever its extension (jpg, jpeg, png, webp)."""

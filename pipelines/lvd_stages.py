@@ -108,13 +108,15 @@ def dedup(b: Build) -> dict[str, Any]:
         evaluation.append(str(b.dir("dedup") / "eval" / name))
         b.embed([manifest], Path(evaluation[-1]), b.copy_model, "dedup")
     hashes, pool = str(b.dir("hash") / "hashes"), str(b.pool_embeddings(b.copy_model))
-    stats = b.engine.call(_copy_dedup, hashes, str(b.dir("dedup")), pool, evaluation,
-                          b.config.dedup, gpus=1.0)  # fmt: skip
+    stats = b.engine.call(_copy_dedup, hashes, [str(b.pool_manifest)], str(b.dir("dedup")), pool,
+                          evaluation, b.config.dedup, gpus=1.0)  # fmt: skip
     return {"funnel": stats["funnel"], "reasons": stats["reasons"]}
 
 
-def _copy_dedup(hashes: str, out: str, embeddings: str, evaluation: list[str], config) -> dict:
-    return write_dedup(ShardedParquet(hashes, HASHES).read(), out, embeddings, evaluation, config)
+def _copy_dedup(hashes: str, manifests: list[str], out: str, embeddings: str,
+                evaluation: list[str], config) -> dict:  # fmt: skip
+    table = ShardedParquet(hashes, HASHES).read()
+    return write_dedup(table, manifests, out, embeddings, evaluation, config)
 
 
 def embed_seeds(b: Build) -> dict[str, Any]:

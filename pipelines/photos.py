@@ -10,7 +10,7 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 PACKAGES = {
     "opencv-doc": "/usr/share/doc/opencv-doc/examples/data",
@@ -47,14 +47,18 @@ def _image_files() -> list[Path]:
 
 
 def real_photos(
-    max_side: int, min_side: int = 64, min_std: float = 20.0, limit: int | None = None
+    max_side: int,
+    min_side: int = 64,
+    min_std: float = 20.0,
+    limit: int | None = None,
+    max_bits: int = 8,
 ) -> dict[str, Image.Image]:
     """Distinct RGB photos from the installed packages (name -> image at most ``max_side``),
     transparency flattened onto white: near-blank ones (grey-level std below ``min_std``:
-    some stamps flatten to white) are left out, and so is any image whose pHash is within
-    6 bits of one already taken (the packages hold near-copies themselves, e.g. one glyph
-    in two sizes), so that the only copies are the ones a caller makes. ``limit``: stop
-    after that many."""
+    some stamps flatten to white) are left out, and so is any image whose pHash, or its
+    mirror image's, is within ``max_bits`` of one already taken (the packages hold copies
+    themselves: one glyph in two sizes, ``*_mirror`` stamps, a render and its mirror), so
+    that the only copies are the ones a caller makes. ``limit``: stop after that many."""
     images, seen = {}, []
     for path in _image_files():
         if limit is not None and len(images) >= limit:
@@ -70,8 +74,8 @@ def real_photos(
         image.thumbnail((max_side, max_side))
         if min(image.size) < min_side or np.asarray(image.convert("L")).std() < min_std:
             continue
-        code = imagehash.phash(image)
-        if all(code - other > 6 for other in seen):
-            seen.append(code)
+        codes = (imagehash.phash(image), imagehash.phash(ImageOps.mirror(image)))
+        if all(code - other > max_bits for code in codes for other in seen):
+            seen.append(codes[0])
             images[f"{path.parent.name}/{path.stem}"] = image
     return images

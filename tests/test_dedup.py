@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -74,8 +75,10 @@ def _groups(table, column: str) -> set[frozenset[str]]:
     return {frozenset(g) for g in by_label.values()}
 
 
-# the pool is too small to learn a whitening: the paper's settings on centred descriptors
-SMALL_POOL = CopyGraphConfig(normalize="center", threshold=0.6, relative_threshold=0.45)
+# the pool is too small to learn a whitening: the paper's settings on centred descriptors,
+# without geometric verification (the paper has none; tested below)
+SMALL_POOL = CopyGraphConfig(normalize="center", threshold=0.6, relative_threshold=0.45,
+                             verify=False)  # fmt: skip
 
 
 def test_groups_components_and_kept_images_match_the_ground_truth(pool, tmp_path):
@@ -249,3 +252,20 @@ def test_bad_dedup_settings_fail_clearly(pool, tmp_path, capsys):
         CopyGraphConfig(normalize="pca").resolved(None)
     with pytest.raises(ValueError, match="unknown keep policy 'newest'"):
         representatives(np.zeros(2, np.int64), np.ones(2), ["a", "b"], "newest")
+
+
+def test_geometric_verification_merges_only_true_copies(pool, tmp_path):
+    """Candidates from a cosine of 0.3 up (far below any threshold) are verified: the
+    components it forms never join two different photos, and the feature-rich bases
+    get all their edited copies back."""
+    copy = replace(SMALL_POOL, verify=True, verify_from=0.3)
+    config = DedupConfig(rows_per_shard=10, num_workers=0, copy=copy)
+    stats = run_dedup([pool["manifest"]], tmp_path, pool["emb"], config=config, progress=False)
+    assert stats["verification"]["confirmed"] > 0 and stats["verification"]["refuted"] > 0
+    table = pq.read_table(tmp_path / "dedup")
+    for group in _groups(table, "copy_component"):
+        assert len({i.split("-")[0] for i in group}) == 1, group  # one photo per component
+    copies = _groups(table, "copy_component")
+    for name in ("astronaut", "camera", "chelsea", "coffee", "coins"):
+        family = {name, *(f"{name}-{k}" for k in HASH_LEVEL + COPY_LEVEL)}
+        assert any(family <= g for g in copies), name

@@ -17,7 +17,8 @@ from curation.index import SearchConfig, build_search_index
 log = logging.getLogger(__name__)
 
 
-PAPER_COPY_SETTINGS = {"normalize": "none", "threshold": 0.6, "relative_threshold": 0.45}
+PAPER_COPY_SETTINGS = {"normalize": "none", "threshold": 0.6, "relative_threshold": 0.45,
+                       "verify": False}  # fmt: skip
 NORMALIZATIONS = ("none", "center", "whiten")
 
 
@@ -30,6 +31,12 @@ class CopyGraphConfig:
     threshold: float | None = None  # cosine of a self-dedup edge (paper: 0.6)
     relative_threshold: float | None = None  # cosine to an evaluation image (paper: 0.45)
     normalize: str | None = None  # none | center | whiten (see DescriptorSpace)
+    # geometric verification (curation.dedup.verify) of candidates with cosine in
+    # [verify_from, verify_until); null: the model's recommendation (the paper: off)
+    verify: bool | None = None
+    verify_from: float = 0.5
+    verify_until: float = 0.9
+    min_inliers: int = 60
     whiten_dim: int = 256
     exact_max: int = 200_000  # larger pools use an IVF index
     nprobe: int = 16

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,15 @@ from curation.dedup.copy_graph import (
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes, int64_codes
 from curation.dedup.policy import reasons, representatives
 from curation.dedup.union_find import UnionFind, components_of_equal_values
+from curation.dedup.verify import GeometricVerifier, accept_candidates
 from curation.tasks import ShardRunner
 from manifests.atomic import write_bytes_atomic
 from manifests.embeddings import EmbeddingStore, require_same_model
+from manifests.errors import ManifestError
 from manifests.job import claim_directory
 from manifests.parquet_io import ShardedParquet, pending_shards
 from manifests.schemas import DEDUP, HASHES
-from training.data.dataset import ManifestImageDataset, require_image_rows
+from training.data.dataset import ManifestImageDataset, read_image_rows, require_image_rows
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +150,32 @@ def copy_settings(
     return config.resolved((pool.meta() or {}).get("copy_detection"))
 
 
+def image_reader(manifests: list[str | Path], ids: list[str]) -> Callable[[int], bytes]:
+    """``read(row) -> bytes`` of the image of ``ids[row]``, from the manifests listing them."""
+    by_id = {r["id"]: r for r in read_image_rows(manifests)}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ManifestError(f"{[str(m) for m in manifests]}: no image rows for {len(missing)} "
+                            f"hashed ids, e.g. {missing[:3]}")  # fmt: skip
+    dataset = ManifestImageDataset([by_id[i] for i in ids])
+    return lambda row: dataset.read_bytes(dataset.rows[row])
+
+
 def deduplicate(
     hashes: pa.Table,
     embeddings: EmbeddingStore | None,
     evaluation: list[EmbeddingStore],
     config: DedupConfig,
+    read_image: Callable[[int], bytes] | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """The dedup manifest (schema ``dedup/1``) for the rows of ``hashes``, and its stats."""
+    """The dedup manifest (schema ``dedup/1``) for the rows of ``hashes``, and its stats.
+    ``read_image(row)`` gives a row's image bytes, for geometric verification."""
     ids = hashes.column("id").to_pylist()
     n = len(ids)
     ok = hashes.column("ok").to_numpy(zero_copy_only=False)
     pixels = hashes.column("pixels").fill_null(0).to_numpy()
-    stats: dict[str, Any] = {"images": n, "undecodable": int((~ok).sum()), "edges": {}}
+    stats: dict[str, Any] = {"images": n, "undecodable": int((~ok).sum()), "edges": {},
+                             "verification": {}}  # fmt: skip
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
@@ -197,7 +213,15 @@ def deduplicate(
         space = DescriptorSpace(copy.normalize, copy.whiten_dim).fit(raw)
         vectors = space.apply(raw)
         stats["edges"]["copy"] = 0
-        for a, b, _ in knn_edges(vectors, copy):
+        verifier = _verifier(copy, read_image, emb_rows)
+        candidates = replace(copy, threshold=copy.verify_from) if verifier else copy
+        for a, b, cosine in knn_edges(vectors, candidates):
+            if verifier is not None:
+                keep, outcome = accept_candidates(a, b, cosine, verifier, copy.threshold,
+                                                  copy.verify_until, copy.min_inliers)  # fmt: skip
+                a, b = a[keep], b[keep]
+                for key, count in outcome.items():
+                    stats["verification"][key] = stats["verification"].get(key, 0) + count
             stats["edges"]["copy"] += _union_pairs(uf, (emb_rows[a], emb_rows[b]))
         timings["copy_s"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -229,6 +253,17 @@ def deduplicate(
     return table, stats
 
 
+def _verifier(
+    copy: CopyGraphConfig, read_image: Callable[[int], bytes] | None, emb_rows: np.ndarray
+) -> GeometricVerifier | None:
+    """A verifier over descriptor rows (mapped to pool rows), when the settings ask for one."""
+    if not copy.verify:
+        return None
+    if read_image is None:
+        raise ValueError("copy.verify needs the pool's images (read_image); or set copy.verify")
+    return GeometricVerifier(lambda row: read_image(int(emb_rows[row])))
+
+
 def _near(vectors: np.ndarray, evaluation: np.ndarray, copy: CopyGraphConfig) -> np.ndarray:
     """Rows of ``vectors`` with an evaluation image above the relative threshold."""
     near = [a for a, _, _ in cross_edges(vectors, evaluation, 1, copy.relative_threshold, copy)]
@@ -249,7 +284,7 @@ def run_dedup(
     config = config or DedupConfig()
     started = time.perf_counter()
     hashes = hash_pool(manifests, out, config, progress, runner).read()
-    stats = write_dedup(hashes, out, embeddings, evaluation, config)
+    stats = write_dedup(hashes, manifests, out, embeddings, evaluation, config)
     stats["seconds"]["hash_stage_s"] = round(time.perf_counter() - started, 3)
     write_bytes_atomic(Path(out) / "dedup_stats.json", json.dumps(stats, indent=1).encode())
     return stats
@@ -257,17 +292,19 @@ def run_dedup(
 
 def write_dedup(
     hashes: pa.Table,
+    manifests: list[str | Path],
     out: str | Path,
     embeddings: str | Path | None = None,
     evaluation: list[str | Path] = (),
     config: DedupConfig | None = None,
 ) -> dict[str, Any]:
-    """:func:`deduplicate` the hashed pool into ``out/dedup/NNNNN.parquet`` and
-    ``out/dedup_stats.json``; returns the stats."""
+    """:func:`deduplicate` the hashed pool (its images listed by ``manifests``) into
+    ``out/dedup/NNNNN.parquet`` and ``out/dedup_stats.json``; returns the stats."""
     config = config or DedupConfig()
     pool_store = EmbeddingStore(embeddings) if embeddings is not None else None
+    reader = image_reader(manifests, hashes.column("id").to_pylist())
     table, stats = deduplicate(hashes, pool_store, [EmbeddingStore(e) for e in evaluation],
-                               config)  # fmt: skip
+                               config, reader)  # fmt: skip
     stats["reasons"] = {
         str(k): v for k, v in Counter(table.column("reason").to_pylist()).items() if k is not None
     }

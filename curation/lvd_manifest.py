@@ -65,11 +65,11 @@ def _candidate_pool(pool: PoolInputs) -> tuple[list[str], np.ndarray, list[dict[
     """(ids, vectors, image rows) of the pool images that were embedded and kept."""
     ids, vectors = EmbeddingStore(pool.embeddings).read()
     rows = {r["id"]: r for r in read_image_rows(pool.manifest)}
-    keep = np.array([i in rows for i in ids])
+    keep = np.array([i in rows for i in ids], dtype=bool)
     if pool.dedup is not None:
         dedup = read_manifest([Path(pool.dedup) / "dedup"], DEDUP, ["id", "keep"])
         kept = set(dedup.filter(pc.field("keep")).column("id").to_pylist())
-        keep &= np.array([i in kept for i in ids])
+        keep &= np.array([i in kept for i in ids], dtype=bool)
     log.info("retrieval candidates: %d of %d embedded pool images", int(keep.sum()), len(ids))
     ids = [i for i, k in zip(ids, keep, strict=True) if k]
     return ids, vectors[keep], [rows[i] for i in ids]

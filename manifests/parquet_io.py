@@ -145,7 +145,10 @@ IMAGE_MANIFEST = pa.schema([("id", pa.string()), ("path", pa.string()), ("tar", 
 
 def write_image_manifest(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """One Parquet file listing images (id, path or tar + key, label), written atomically:
-    what ``read_image_rows`` and every stage that reads images accept."""
+    what ``read_image_rows`` and every stage that reads images accept. Paths are stored
+    absolute (a relative one would be read relative to the manifest's directory)."""
+    rows = [{**r, **{k: os.path.abspath(r[k]) for k in ("path", "tar") if r.get(k)}}
+            for r in rows]  # fmt: skip
     with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=IMAGE_MANIFEST), tmp)
     return Path(path)

@@ -84,7 +84,7 @@ def run_build(
     if unknown:
         raise ConfigError(f"--stages {','.join(unknown)}: expected some of {STAGE_NAMES}")
     config.validate()
-    b = Build(Path(out), config, engine, progress)
+    b = Build(Path(out).resolve(), config, engine, progress)
     b.out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in STAGES if s.name in chosen]
     results = []

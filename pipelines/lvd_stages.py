@@ -21,6 +21,7 @@ from curation.dedup.stage import run_dedup, write_dedup
 from curation.embed import Embedder, embed_manifests, load_embedder
 from curation.lvd_manifest import PoolInputs, RetrievalConfig, build_lvd
 from curation.seeds.registry import write_seed_manifest
+from manifests.errors import ManifestError
 from manifests.parquet_io import ShardedParquet, read_manifest, write_image_manifest
 from manifests.schemas import DEDUP, HASHES
 from pipelines.curation_config import CurationConfig
@@ -64,8 +65,13 @@ class Build:
         return self.dir("embed_pool") / ("retrieval" if model == self.config.model else "copy")
 
     def embed(self, manifests: list[Path], out: Path, model: str, stage: str) -> dict[str, int]:
-        return embed_manifests(manifests, _embedder(model), out, self.config.embed,
-                               self.progress, self.engine.runner(stage))  # fmt: skip
+        counts = embed_manifests(manifests, _embedder(model), out, self.config.embed,
+                                 self.progress, self.engine.runner(stage))  # fmt: skip
+        if counts["embedded"] == 0:
+            raise ManifestError(f"{stage}: none of the {counts['failed']} images of "
+                                f"{[str(m) for m in manifests]} could be read (see the "
+                                "warnings above)")  # fmt: skip
+        return counts
 
 
 @functools.cache

@@ -25,7 +25,8 @@ import yaml
 
 from manifests.config import ConfigError, load_config
 from manifests.embeddings import EmbeddingStore
-from manifests.parquet_io import read_manifest
+from manifests.errors import ManifestError
+from manifests.parquet_io import read_manifest, write_image_manifest
 from manifests.schemas import DEDUP, HASHES, LVD, POOL
 from pipelines import build_lvd as cli
 from pipelines.build_lvd import MissingStageError, run_build
@@ -33,7 +34,7 @@ from pipelines.curation_config import CurationConfig
 from pipelines.demo import demo_web
 from pipelines.engines.local import LocalEngine
 from pipelines.lvd_stages import STAGE_NAMES
-from training.data.dataset import ManifestImageDataset
+from training.data.dataset import ManifestImageDataset, read_image_rows
 
 N_PHOTOS = 96  # + their copies: enough for the PCA hash, several shards per stage
 
@@ -290,3 +291,29 @@ def test_the_shipped_ray_cluster_yaml_passes_rays_own_schema():
     cluster["available_node_types"]["gpu_worker"]["gpus"] = 1  # not a key Ray knows
     with pytest.raises(Exception, match="additionalProperties|gpus"):
         validate_config(prepare_config(cluster))
+
+
+def test_relative_directories_resolve_from_where_the_build_runs(web, local_build, tmp_path,
+                                                                monkeypatch):  # fmt: skip
+    root, config = web
+    reference, _ = local_build
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(reference / "crawl", tmp_path / "rel" / "crawl")  # reused, not rerun
+    run_build(Path("rel"), config, LocalEngine(), ["crawl", "hash", "embed_pool"], progress=False)
+    ids, _ = EmbeddingStore(tmp_path / "rel" / "embed_pool" / "retrieval").read()
+    assert (
+        len(ids) == json.loads((reference / "hash" / "stage.json").read_text())["summary"]["kept"]
+    )
+
+
+def test_a_stage_whose_images_all_fail_says_so(web, local_build, tmp_path):
+    root, config = web
+    reference, _ = local_build
+    for stage in ("crawl", "hash"):
+        shutil.copytree(reference / stage, tmp_path / stage)
+    kept = tmp_path / "hash" / "kept.parquet"  # the images it lists are gone
+    rows = [{"id": r["id"], "path": str(tmp_path / "gone" / f"{r['id']}.jpg")}
+            for r in read_image_rows([kept])]  # fmt: skip
+    write_image_manifest(rows, kept)
+    with pytest.raises(ManifestError, match=rf"embed_pool: none of the {len(rows)} images"):
+        run_build(tmp_path, config, LocalEngine(), ["embed_pool"], progress=False)

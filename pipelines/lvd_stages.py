@@ -164,7 +164,8 @@ class Stage:
 
 STAGES = (
     Stage("crawl", crawl, (), lambda c: {"urls": c.urls, "crawl": asdict(c.crawl)}),
-    Stage("hash", hash_, ("crawl",), lambda c: asdict(c.dedup)),
+    Stage("hash", hash_, ("crawl",),  # copy settings are the dedup stage's
+          lambda c: {k: v for k, v in asdict(c.dedup).items() if k != "copy"}),
     Stage("embed_pool", embed_pool, ("hash",),
           lambda c: {"model": c.model, "copy_model": c.copy_model, "embed": asdict(c.embed)}),
     Stage("dedup", dedup, ("hash", "embed_pool"),

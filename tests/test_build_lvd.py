@@ -118,6 +118,15 @@ def test_a_rerun_skips_finished_stages_and_a_changed_setting_reruns_what_depends
         config.search.nprobe -= 1
     ran = [r.stage for r in changed if r.status == "ran"]
     assert ran == ["retrieve", "report"]
+    config.dedup.copy.min_inliers += 1  # copy dedup and what follows it; not the hashes
+    try:
+        changed = run_build(out, config, LocalEngine(), progress=False)
+    finally:
+        config.dedup.copy.min_inliers -= 1
+    assert [r.stage for r in changed if r.status == "ran"] == ["dedup", "retrieve", "report"]
+    restored = run_build(out, config, LocalEngine(), progress=False)  # back as it was
+    assert [r.stage for r in restored if r.status == "ran"] == ["dedup", "retrieve", "report"]
+    assert lvd_table(out).equals(before)
 
 
 def test_report_renders_its_images_in_headless_chromium(local_build, tmp_path):

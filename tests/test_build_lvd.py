@@ -168,6 +168,8 @@ def test_ray_engine_builds_the_same_manifest(web, local_build):
     engine = RayEngine(num_cpus=2)
     try:
         results = run_build(root / "ray", config, engine, progress=False)
+        with pytest.raises(ManifestError, match="no such manifest"):  # a task's own error
+            engine.call(read_manifest, [str(root / "missing")], LVD)
     finally:
         engine.close()
     assert all(r.status == "ran" for r in results)
@@ -252,6 +254,8 @@ def test_clear_errors_for_bad_inputs(web, tmp_path, capsys):
     err = build("--config", str(path), "--stages", "retrieve")
     assert "stage retrieve needs the output of stage crawl" in err
     assert "--seed-sets" in build("--config", str(path), "--seed-sets", "imagenet22k")
+    # flags the parser does not know are Beam pipeline options, with --engine beam only
+    assert "unrecognized arguments: --runner=X" in build("--config", str(path), "--runner=X")
     with pytest.raises(MissingStageError, match="run it first: --stages hash"):
         run_build(tmp_path / "fresh", config, LocalEngine(), ["embed_pool"], progress=False)
 

@@ -47,11 +47,19 @@ class RayEngine:
         with tqdm(total=len(pending), unit="shard", desc=f"{desc} (ray)") as bar:
             while pending:
                 done, pending = self._ray.wait(pending, num_returns=1)
-                self._ray.get(done)  # a failed task raises here, with its traceback
+                self._get(done)
                 bar.update(len(done))
 
     def call(self, fn: Callable[..., Any], *args: Any, gpus: float = 0.0) -> Any:
-        return self._ray.get(self._remote(fn, gpus).remote(*args))
+        return self._get(self._remote(fn, gpus).remote(*args))
+
+    def _get(self, refs):
+        """Results; a task's error is raised as its own type (a ManifestError stays one,
+        for the CLI's clear message), its remote traceback kept in the message."""
+        try:
+            return self._ray.get(refs)
+        except self._ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
 
     def close(self) -> None:
         if self._owns_ray:

@@ -109,11 +109,11 @@ def run_build(
 
 
 def format_results(out: Path, results: list[StageResult]) -> str:
+    describe = {s.name: s.describe for s in STAGES}
     lines = [f"build_lvd -> {out}"]
     for r in results:
-        brief = json.dumps(r.summary, default=str)
-        brief = brief if len(brief) <= 100 else brief[:97] + "..."
-        lines.append(f"  {r.stage:<12} {r.status:<8} {r.seconds:>8.1f}s  {brief}")
+        line = describe[r.stage](r.summary)
+        lines.append(f"  {r.stage:<12} {r.status:<8} {r.seconds:>7.1f}s  {line}")
     if (out / "retrieve" / "lvd").is_dir():
         lines.append(f"  LVD manifest: {out / 'retrieve' / 'lvd'}")
     if (out / "report.html").exists():

@@ -160,23 +160,50 @@ class Stage:
     needs: tuple[str, ...]
     # the parts of the recipe its output depends on (with its inputs' fingerprints)
     settings: Callable[[CurationConfig], Any]
+    describe: Callable[[dict[str, Any]], str]  # its summary, in a line a person reads
+
+
+def _describe_crawl(s: dict[str, Any]) -> str:
+    return f"{s['urls']:,} URLs: {s['ok']:,} images, {s['urls'] - s['ok']:,} failed"
+
+
+def _describe_funnel(s: dict[str, Any], levels: tuple[str, ...]) -> str:
+    f = s["funnel"]
+    return f"{f['raw']:,} images" + "".join(f" -> {f[f'after_{k}']:,} after {k}" for k in levels)
+
+
+def _describe_embedded(s: dict[str, Any]) -> str:
+    return ", ".join(f"{name}: {c.get('embedded', c.get('images')):,}" for name, c in s.items())
+
+
+def _describe_retrieval(s: dict[str, Any]) -> str:
+    per_set = ", ".join(f"{t['seed_set']} ({t['method']}) {t['after_cap']:,}"
+                        for t in s["seed_sets"])  # fmt: skip
+    return f"{s['images']:,} curated of {s['candidates']:,} candidates: {per_set}"
 
 
 STAGES = (
-    Stage("crawl", crawl, (), lambda c: {"urls": c.urls, "crawl": asdict(c.crawl)}),
+    Stage("crawl", crawl, (), lambda c: {"urls": c.urls, "crawl": asdict(c.crawl)},
+          _describe_crawl),
     Stage("hash", hash_, ("crawl",),  # copy settings are the dedup stage's
-          lambda c: {k: v for k, v in asdict(c.dedup).items() if k != "copy"}),
+          lambda c: {k: v for k, v in asdict(c.dedup).items() if k != "copy"},
+          lambda s: _describe_funnel(s, ("exact", "hash"))),
     Stage("embed_pool", embed_pool, ("hash",),
-          lambda c: {"model": c.model, "copy_model": c.copy_model, "embed": asdict(c.embed)}),
+          lambda c: {"model": c.model, "copy_model": c.copy_model, "embed": asdict(c.embed)},
+          _describe_embedded),
     Stage("dedup", dedup, ("hash", "embed_pool"),
           lambda c: {"dedup": asdict(c.dedup), "evaluation_sets": c.evaluation_sets,
-                     "seeds": asdict(c.seeds)}),
+                     "seeds": asdict(c.seeds)},
+          lambda s: _describe_funnel(s, ("copy", "relative"))),
     Stage("embed_seeds", embed_seeds, (),
           lambda c: {"seed_sets": [asdict(p) for p in c.seed_sets], "seeds": asdict(c.seeds),
-                     "model": c.model, "embed": asdict(c.embed)}),
+                     "model": c.model, "embed": asdict(c.embed)},
+          _describe_embedded),
     Stage("retrieve", retrieve, ("crawl", "embed_pool", "dedup", "embed_seeds"),
           lambda c: {"kmeans": asdict(c.kmeans), "search": asdict(c.search),
-                     "rows_per_shard": c.rows_per_shard, "seed": c.seed}),
-    Stage("report", report, ("crawl", "hash", "dedup", "retrieve"), lambda c: None),
+                     "rows_per_shard": c.rows_per_shard, "seed": c.seed},
+          _describe_retrieval),
+    Stage("report", report, ("crawl", "hash", "dedup", "retrieve"), lambda c: None,
+          lambda s: s["report"]),
 )  # fmt: skip
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -177,11 +178,12 @@ def test_a_killed_run_resumes_to_identical_output(pool, tmp_path):
     subprocess.run(cmd + ["--out", str(tmp_path / "straight")], check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--out", str(killed)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 60
     while not (killed / "hashes" / "00001.parquet").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its DataLoader workers
     proc.wait()
     written = len(list((killed / "hashes").glob("*.parquet")))
     assert 2 <= written < len(pool["ids"]) / 2 and not (killed / "dedup_stats.json").exists()

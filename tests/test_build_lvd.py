@@ -330,3 +330,13 @@ def test_a_stage_whose_images_all_fail_says_so(web, local_build, tmp_path):
     write_image_manifest(rows, kept)
     with pytest.raises(ManifestError, match=rf"embed_pool: none of the {len(rows)} images"):
         run_build(tmp_path, config, LocalEngine(), ["embed_pool"], progress=False)
+
+
+def test_beam_pipeline_options_pass_through_to_the_runner():
+    from pipelines.engines.beam_engine import BeamEngine
+
+    engine = BeamEngine(["--runner=FlinkRunner", "--flink_master=localhost:8081"])
+    assert engine._runner() == "FlinkRunner"
+    assert engine.options.get_all_options()["flink_master"] == "localhost:8081"
+    assert engine.runner("crawl") is not None and engine.runner("embed_pool") is None
+    assert type(BeamEngine([])._runner()).__name__ == "FnApiRunner"  # local default

@@ -86,3 +86,20 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert knn.main(["--checkpoint", str(tmp_path / "missing.pth"), "--arch", "vit_small",
                      "--train-manifest", "a", "--val-manifest", "b"]) == 2  # fmt: skip
     assert "missing.pth: no backbone weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layerscale,registers", [(0.0, 0), (1e-5, 4)])
+def test_a_run_loads_back_as_it_was_trained(tmp_path, layerscale, registers):
+    """The backbone is rebuilt from the run's own model config: a run without LayerScale
+    (or with registers) has other parameters than the architecture's defaults."""
+    from training.models.loading import load_backbone
+    from training.ssl_meta_arch import SSLConfig, build_backbone
+
+    ssl = SSLConfig(depth=2, img_size=28, patch_size=7, layerscale=layerscale,
+                    num_register_tokens=registers)  # fmt: skip
+    trained = build_backbone(ssl).eval()
+    torch.save(trained.state_dict(), tmp_path / "teacher_backbone.pth")
+    (tmp_path / "config.json").write_text(json.dumps({"model": ssl.__dict__}))
+    loaded = load_backbone(tmp_path, None, 7)
+    x = torch.rand(2, 3, 28, 28)
+    assert torch.equal(loaded(x), trained(x))

@@ -45,12 +45,17 @@ class SSLConfig:
     koleo_weight: float = 0.1
 
 
-def _networks(config: SSLConfig) -> nn.ModuleDict:
-    backbone = build_vit(
+def build_backbone(config: SSLConfig) -> nn.Module:
+    """The ViT this recipe trains (also what loads the weights a run writes)."""
+    return build_vit(
         config.arch, config.patch_size, depth=config.depth, img_size=config.img_size,
         num_register_tokens=config.num_register_tokens, drop_path_rate=config.drop_path_rate,
         init_values=config.layerscale, efficient_drop_path=config.efficient_drop_path,
     )  # fmt: skip
+
+
+def _networks(config: SSLConfig) -> nn.ModuleDict:
+    backbone = build_backbone(config)
     dim = backbone.embed_dim
     head = lambda k: DINOHead(dim, k, config.head_hidden, config.head_bottleneck)  # noqa: E731
     nets = {"backbone": backbone, "dino_head": head(config.head_prototypes)}

@@ -9,7 +9,7 @@ import torch
 
 from manifests.config import ConfigError, from_dict
 from training.models.vision_transformer import VisionTransformer, build_vit
-from training.ssl_meta_arch import SSLConfig
+from training.ssl_meta_arch import SSLConfig, build_backbone
 
 
 def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> VisionTransformer:
@@ -19,8 +19,7 @@ def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> Vision
     if checkpoint.is_dir():
         config = json.loads((checkpoint / "config.json").read_text())
         ssl = from_dict(SSLConfig, config["model"], f"{checkpoint}/config.json:model")
-        model = build_vit(ssl.arch, ssl.patch_size, depth=ssl.depth, img_size=ssl.img_size,
-                          num_register_tokens=ssl.num_register_tokens)  # fmt: skip
+        model = build_backbone(ssl)  # LayerScale, registers and depth as trained
         weights = checkpoint / "teacher_backbone.pth"
     else:
         if arch is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.ssl_meta_arch import SSLConfig, SSLMetaArch
+from training.ssl_meta_arch import SSLConfig, SSLMetaArch, relative_entropy
 
 
 def _model(**kwargs) -> SSLMetaArch:
@@ -61,3 +61,12 @@ def test_teacher_update_is_an_exponential_moving_average():
     model.update_teacher(0.9)
     for t, b, s in zip(model.teacher.parameters(), before, student, strict=True):
         torch.testing.assert_close(t, 0.9 * b + 0.1 * s)
+
+
+def test_relative_entropy_of_teacher_targets():
+    k = 64
+    assert float(relative_entropy(torch.full((3, k), 1.0 / k))) == pytest.approx(1.0)
+    assert float(relative_entropy(torch.eye(k)[:5])) == pytest.approx(0.0, abs=1e-6)
+    half = torch.zeros(2, k)
+    half[:, : k // 2] = 2.0 / k  # uniform over half the prototypes: log(K/2) / log(K)
+    assert float(relative_entropy(half)) == pytest.approx(5 / 6)

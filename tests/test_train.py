@@ -37,8 +37,9 @@ def test_tiny_recipe_trains_and_logs_every_term(manifest, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in lines] == [1, 2, 3] and metrics == lines[-1]
     for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss", "lr", "weight_decay",
-                "momentum", "teacher_temp", "images_per_s"):  # fmt: skip
+                "momentum", "teacher_temp", "images_per_s", "dino_target_entropy"):  # fmt: skip
         assert key in metrics
+    assert all(0.0 <= m["dino_target_entropy"] <= 1.0 for m in lines)
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in lines)
     weights = torch.load(tmp_path / "run" / "teacher_backbone.pth")
     assert "blocks.0.attn.qkv.weight" in weights
@@ -112,3 +113,15 @@ def test_time_budget_stops_with_a_checkpoint_and_another_model_cannot_resume(man
     longer = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES)
     resumed = trainer.train(longer, [str(manifest)], tmp_path / "run", progress=False)
     assert resumed["iteration"] == 3
+
+
+def test_collapse_warning_names_the_remedies(caplog):
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", ["optim.warmup_epochs=1"])
+    schedules = trainer.Schedules.build(config, global_batch=16)
+    uniform = {"iteration": schedules.warmup_iters + 1, "dino_target_entropy": 0.995}
+    with caplog.at_level("WARNING", logger="training.train"):
+        assert not trainer._warn_if_collapsed({**uniform, "iteration": 1}, schedules)  # warmup
+        assert not trainer._warn_if_collapsed({**uniform, "dino_target_entropy": 0.7}, schedules)
+        assert not caplog.records
+        assert trainer._warn_if_collapsed(uniform, schedules)
+    assert "near uniform (entropy 0.995" in caplog.text and "teacher.temp" in caplog.text

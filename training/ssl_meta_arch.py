@@ -9,6 +9,7 @@ replaced by the mask token; the teacher sees the unmasked global crops.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,7 @@ class SSLMetaArch(nn.Module):
         cls_logits = self.student["dino_head"](torch.cat([global_cls, loc["x_norm_clstoken"]]))
         per_crop = cls_logits.chunk(N_GLOBAL_CROPS + n_local)
         terms = {"dino_loss": dino_loss(list(per_crop), dino_targets, c.student_temp)}
+        terms["dino_target_entropy"] = relative_entropy(torch.cat(dino_targets))
         masked_logits = self._ibot_head(self.student)(g["x_norm_patchtokens"][masks])
         terms["ibot_loss"] = ibot_loss(masked_logits, ibot_targets, masks, c.student_temp)
         terms["koleo_loss"] = sum(koleo_loss(x) for x in global_cls.chunk(N_GLOBAL_CROPS))
@@ -141,6 +143,18 @@ class SSLMetaArch(nn.Module):
         student = [_local(p) for p in self.student.parameters()]
         torch._foreach_mul_(teacher, momentum)
         torch._foreach_add_(teacher, student, alpha=1 - momentum)
+
+
+@torch.no_grad()
+def relative_entropy(targets: Tensor) -> Tensor:
+    """Mean entropy of the rows of ``targets`` (B, K) as a fraction of log K.
+
+    A diagnostic, not a loss: near 1 the teacher's targets are uniform (the DINO head has
+    collapsed to one output for every image and DINO teaches nothing); near 0 every image
+    gets one prototype.
+    """
+    entropy = -(targets * targets.clamp_min(1e-12).log()).sum(dim=-1).mean()
+    return entropy / math.log(targets.shape[-1])
 
 
 def _local(t: Tensor) -> Tensor:

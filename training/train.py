@@ -81,6 +81,7 @@ class Schedules:
     momentum: np.ndarray
     teacher_temp: np.ndarray
     freeze_last_layer_iters: int
+    warmup_iters: int
 
     @classmethod
     def build(cls, config: TrainConfig, global_batch: int) -> Schedules:
@@ -94,6 +95,7 @@ class Schedules:
             teacher_temp=linear_warmup_then_constant(t.warmup_temp, t.temp,
                                                      t.warmup_temp_epochs * per_epoch, total),
             freeze_last_layer_iters=o.freeze_last_layer_epochs * per_epoch,
+            warmup_iters=o.warmup_epochs * per_epoch,
         )  # fmt: skip
 
     def at(self, it: int) -> dict[str, float]:
@@ -194,6 +196,7 @@ def train(
 def _run(config, model, optimizer, schedules, batches, iterations, out, d, progress) -> dict:
     metrics: dict = {}
     skipped, seen, started = 0, 0, time.perf_counter()
+    warned = False
     total = iterations.stop
     bar = tqdm(total=total, initial=iterations.start, disable=not (progress and d.is_main),
                desc="train")  # fmt: skip
@@ -221,6 +224,7 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
                 }
                 f.write(json.dumps(metrics) + "\n")
                 f.flush()
+                warned = warned or (d.is_main and _warn_if_collapsed(metrics, schedules))
                 bar.set_postfix(loss=metrics["loss"], img_s=metrics["images_per_s"])
             if (it + 1) % config.checkpoint_every == 0 or it + 1 == total or out_of_time:
                 save_checkpoint(out / "checkpoints", model, optimizer, it + 1)
@@ -228,6 +232,25 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
                 log.info("time budget of %.0fs spent at iteration %d", config.time_budget_s, it + 1)
                 break
     return metrics
+
+
+UNIFORM_TARGETS = 0.98  # teacher target entropy, as a fraction of log K, that means collapse
+
+
+def _warn_if_collapsed(metrics: dict, schedules: Schedules) -> bool:
+    """Warn (and return True) when, past the lr warmup, the teacher's DINO targets are near
+    uniform: the head gives every image the same output, and DINO teaches the CLS token
+    nothing while the loss sits at log K. Short schedules reach this state easily."""
+    entropy = metrics.get("dino_target_entropy", 0.0)
+    if metrics["iteration"] <= schedules.warmup_iters or entropy < UNIFORM_TARGETS:
+        return False
+    log.warning(
+        "iteration %d: DINO targets are near uniform (entropy %.3f of log K): the DINO head "
+        "has collapsed; try a lower teacher temperature (teacher.warmup_temp, teacher.temp), "
+        "fewer prototypes (model.head_prototypes) or a model without LayerScale "
+        "(model.layerscale=0) for short schedules", metrics["iteration"], entropy,
+    )  # fmt: skip
+    return True
 
 
 def _budget_spent(config: TrainConfig, started: float) -> bool:

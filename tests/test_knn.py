@@ -13,6 +13,8 @@ import torch
 from pipelines.synthetic_images import encode
 from training.eval import knn
 from training.models import build_vit
+from training.models.loading import load_backbone
+from training.ssl_meta_arch import SSLConfig, build_backbone
 
 
 def _reference(train, train_labels, val, val_labels, k, t=0.07):
@@ -92,9 +94,6 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 def test_a_run_loads_back_as_it_was_trained(tmp_path, layerscale, registers):
     """The backbone is rebuilt from the run's own model config: a run without LayerScale
     (or with registers) has other parameters than the architecture's defaults."""
-    from training.models.loading import load_backbone
-    from training.ssl_meta_arch import SSLConfig, build_backbone
-
     ssl = SSLConfig(depth=2, img_size=28, patch_size=7, layerscale=layerscale,
                     num_register_tokens=registers)  # fmt: skip
     trained = build_backbone(ssl).eval()

@@ -44,6 +44,18 @@ from pipelines.near_duplicates import TRANSFORMS, edited_copy
 from pipelines.photos import ensure_packages, real_photos
 
 MAX_SIDE = 384  # images are stored at most this large, as a crawl with max_side would
+VERIFICATION_SETTINGS = (
+    "normalize",
+    "threshold",
+    "k",
+    "verify",
+    "verify_from",
+    "verify_until",
+    "min_inliers",
+    "min_inlier_fraction",
+    "max_residual_px",
+    "min_coverage",
+)
 
 
 def _jpeg(image: Image.Image) -> bytes:
@@ -163,9 +175,7 @@ def quality(args, workdir: Path) -> dict:
         "distractors": int((kind == "other").sum()), "copies_per_base": len(TRANSFORMS),
         "settings": {"phash_radius": config.phash_radius, "pca_radius": config.pca_radius,
                      "descriptor": "efficientnet_lite0",
-                     **{k: getattr(copy, k) for k in ("normalize", "threshold", "k", "verify",
-                                                      "verify_from", "verify_until",
-                                                      "min_inliers")}},
+                     **{k: getattr(copy, k) for k in VERIFICATION_SETTINGS}},
         "methods": scores,
         "descriptor_threshold_sweep": {
             t: {k: v for k, v in sc.items() if k != "recall_per_transform"}

@@ -134,7 +134,9 @@ def merge_provenance(per_set: dict[str, tuple[str, Candidates]]) -> pa.Table:
         }))  # fmt: skip
     if not parts:
         return pa.table({"pool_row": pa.array([], pa.int64())})
-    grouped = pa.concat_tables(parts).group_by("pool_row").aggregate([
+    # one thread: "distinct" lists then keep the order of first appearance (seed sets in
+    # the recipe's order); threads make it vary between runs of the same inputs
+    grouped = pa.concat_tables(parts).group_by("pool_row", use_threads=False).aggregate([
         ("seed_set", "distinct"), ("method", "distinct"), ("seed_id", "distinct"),
         ("similarity", "max"), ("cluster", "max"),
     ])  # fmt: skip

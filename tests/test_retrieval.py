@@ -12,7 +12,7 @@ import pytest
 
 from curation.index import KMeansConfig, SearchConfig, build_search_index, kmeans, search
 from curation.lvd_manifest import PoolInputs, RetrievalConfig, build_lvd
-from curation.retrieval import SeedSetPlan
+from curation.retrieval import Candidates, SeedSetPlan, merge_provenance
 from manifests.config import ConfigError, load_config
 from manifests.embeddings import EmbeddingStore
 from manifests.errors import ManifestError
@@ -179,3 +179,21 @@ def test_retrieve_cli_from_a_yaml_config(world, tmp_path, capsys):
 def test_incomplete_retrieval_configs_are_refused(config, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         build_lvd(config, tmp_path)
+
+
+def test_merged_provenance_lists_seed_sets_in_the_recipes_order_every_time():
+    """Aggregating on several threads gave the lists in a varying order (2 runs in 20
+    here), so a rerun of the same build wrote a different manifest."""
+    rows = np.arange(20_000)
+
+    def candidates(pool_rows: np.ndarray, seed: str) -> Candidates:
+        n = len(pool_rows)
+        return Candidates(pool_rows, [f"{seed}:{r}" for r in pool_rows], np.ones(n, np.float32),
+                          np.full(n, -1))  # fmt: skip
+
+    for _ in range(20):
+        merged = merge_provenance({"first": ("sample", candidates(rows, "a")),
+                                   "second": ("cluster", candidates(rows[::-1], "b"))})  # fmt: skip
+        assert merged.column("pool_row").to_pylist() == rows.tolist()
+        assert set(map(tuple, merged.column("seed_sets").to_pylist())) == {("first", "second")}
+        assert set(map(tuple, merged.column("methods").to_pylist())) == {("sample", "cluster")}

@@ -12,6 +12,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from curation.dedup.verify import CopyCriteria
 from curation.index import SearchConfig, build_search_index
 
 log = logging.getLogger(__name__)
@@ -32,16 +33,27 @@ class CopyGraphConfig:
     relative_threshold: float | None = None  # cosine to an evaluation image (paper: 0.45)
     normalize: str | None = None  # none | center | whiten (see DescriptorSpace)
     # geometric verification (curation.dedup.verify) of candidates with cosine in
-    # [verify_from, verify_until); null: the model's recommendation (the paper: off)
+    # [verify_from, verify_until); null: the model's recommendation (the paper: off).
+    # A verified copy has min_inliers matches (and min_inlier_fraction of them) on one
+    # similarity transform, fitting it to a median max_residual_px (see verify.Fit) and
+    # spanning min_coverage of the keypoints' hull; chosen with benchmarks/dedup_quality.py
     verify: bool | None = None
     verify_from: float = 0.5
     verify_until: float = 0.9
-    min_inliers: int = 60
+    min_inliers: int = 40
+    min_inlier_fraction: float = 0.6
+    max_residual_px: float = 1.0
+    min_coverage: float = 0.35
     whiten_dim: int = 256
     exact_max: int = 200_000  # larger pools use an IVF index
     nprobe: int = 16
     chunk: int = 20_000  # queries per search call: the edge stream's granularity
     use_gpu: bool = True  # when faiss sees a GPU
+
+    @property
+    def criteria(self) -> CopyCriteria:
+        return CopyCriteria(self.min_inliers, self.min_inlier_fraction, self.max_residual_px,
+                            self.min_coverage)  # fmt: skip
 
     def resolved(self, recommended: dict[str, Any] | None) -> CopyGraphConfig:
         """A copy with every unset setting filled in from ``recommended``, else the paper's."""

@@ -218,7 +218,7 @@ def deduplicate(
         for a, b, cosine in knn_edges(vectors, candidates):
             if verifier is not None:
                 keep, outcome = accept_candidates(a, b, cosine, verifier, copy.threshold,
-                                                  copy.verify_until, copy.min_inliers)  # fmt: skip
+                                                  copy.verify_until, copy.criteria)  # fmt: skip
                 a, b = a[keep], b[keep]
                 for key, count in outcome.items():
                     stats["verification"][key] = stats["verification"].get(key, 0) + count

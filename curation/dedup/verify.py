@@ -156,7 +156,7 @@ def _fit(fa: Features, fb: Features) -> Fit:
     dst = fb.xy[[m.trainIdx for m in good]]
     transform, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
                                                   ransacReprojThreshold=RANSAC_PX)  # fmt: skip
-    if transform is None:
+    if transform is None or not mask.any():  # no inliers: nothing to take a median of
         return Fit(0)
     inlier = mask.ravel().astype(bool)
     src, dst = src[inlier], dst[inlier]

@@ -44,7 +44,7 @@ from pipelines.near_duplicates import TRANSFORMS, edited_copy
 from pipelines.photos import ensure_packages, real_photos
 
 MAX_SIDE = 384  # images are stored at most this large, as a crawl with max_side would
-VERIFICATION_SETTINGS = (
+REPORTED_COPY_SETTINGS = (
     "normalize",
     "threshold",
     "k",
@@ -175,7 +175,7 @@ def quality(args, workdir: Path) -> dict:
         "distractors": int((kind == "other").sum()), "copies_per_base": len(TRANSFORMS),
         "settings": {"phash_radius": config.phash_radius, "pca_radius": config.pca_radius,
                      "descriptor": "efficientnet_lite0",
-                     **{k: getattr(copy, k) for k in VERIFICATION_SETTINGS}},
+                     **{k: getattr(copy, k) for k in REPORTED_COPY_SETTINGS}},
         "methods": scores,
         "descriptor_threshold_sweep": {
             t: {k: v for k, v in sc.items() if k != "recall_per_transform"}

@@ -46,6 +46,7 @@ class Features(NamedTuple):
     xy: np.ndarray  # keypoint positions (n, 2) at the working side
     descriptors: np.ndarray | None  # ORB
     enlarged: float  # how much the image was enlarged to the working side (>= 1)
+    hull_area: float  # of all keypoints: what an inlier hull's coverage is measured against
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class GeometricVerifier:
                 gray = np.asarray(image.convert("L"))
         except Exception as exc:  # noqa: BLE001 - an unreadable image cannot be verified
             log.warning("geometric verification: cannot read row %d: %s", row, exc)
-            return Features(np.zeros((0, 2), np.float32), None, 1.0)
+            return Features(np.zeros((0, 2), np.float32), None, 1.0, 0.0)
         scale = self.side / max(gray.shape)  # small copies are enlarged: same keypoint scale
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
         gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=interpolation)
@@ -125,7 +126,7 @@ class GeometricVerifier:
             gray = cv2.flip(gray, 1)
         keypoints, descriptors = cv2.ORB_create(self.features).detectAndCompute(gray, None)
         xy = np.float32([k.pt for k in keypoints]).reshape(-1, 2)
-        return Features(xy, descriptors, max(1.0, scale))
+        return Features(xy, descriptors, max(1.0, scale), _hull_area(xy))
 
     def fit(self, a: int, b: int) -> Fit:
         """The fit of a's matches to b or its mirror image, whichever has more inliers;
@@ -162,7 +163,7 @@ def _fit(fa: Features, fb: Features) -> Fit:
     src, dst = src[inlier], dst[inlier]
     residuals = np.linalg.norm(src @ transform[:, :2].T + transform[:, 2] - dst, axis=1)
     residual = float(np.median(residuals)) / max(fa.enlarged, fb.enlarged)
-    coverage = max(_hull_area(src) / _hull_area(fa.xy), _hull_area(dst) / _hull_area(fb.xy))
+    coverage = max(_hull_area(src) / fa.hull_area, _hull_area(dst) / fb.hull_area)
     return Fit(int(inlier.sum()), float(inlier.mean()), residual, coverage)
 
 

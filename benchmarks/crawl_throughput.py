@@ -36,6 +36,7 @@ from pathlib import Path
 
 from curation.crawl.config import ProcessConfig
 from curation.crawl.process import init_worker, process_image
+from pipelines.apt import apt_install
 from pipelines.loopback_web import serve_in_process
 from pipelines.synthetic_images import encode, make_photo
 
@@ -123,16 +124,6 @@ class serve_with_nginx:  # noqa: N801 - used like a function, as serve_in_proces
             self._proc.terminate()
             self._proc.wait(10)
         shutil.rmtree(self._prefix, ignore_errors=True)
-
-
-def ensure_nginx() -> None:
-    if shutil.which("nginx"):
-        return
-    if os.geteuid() != 0:
-        raise SystemExit("nginx missing: apt-get install nginx-light, or pass --server aiohttp")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env=env)
 
 
 def run_ours(url_file: Path, out: Path, workers: int, shard_size: int, extra: list[str]) -> dict:
@@ -233,8 +224,8 @@ def main() -> None:
         help="the loopback web server; aiohttp is ours (pipelines.loopback_web)",
     )
     args = p.parse_args()
-    if args.server == "nginx":
-        ensure_nginx()
+    if args.server == "nginx" and not shutil.which("nginx"):
+        apt_install(["nginx-light"], "nginx", otherwise=", or pass --server aiohttp")
     images = args.workdir / f"images-{args.n}"
     names = generate_images(images, args.n, args.workers)
     exe = None if args.skip_img2dataset else ensure_img2dataset(args.workdir / "venv-img2dataset")

@@ -14,9 +14,7 @@ import argparse
 import gzip
 import io
 import json
-import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from PIL import Image
 
 from manifests.config import load_config
 from manifests.image_shards import ImageShardWriter
+from pipelines.apt import apt_install
 from training.config import TrainConfig
 from training.eval.knn import extract, knn_accuracy
 from training.models.loading import load_backbone
@@ -57,15 +56,8 @@ def _idx(name: str) -> np.ndarray:
 
 
 def ensure_dataset() -> None:
-    if DATA.is_dir():
-        return
-    if os.geteuid() != 0:
-        raise SystemExit(f"{DATA} missing: apt-get install dataset-fashion-mnist")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True, env=env
-    )
+    if not DATA.is_dir():
+        apt_install(["dataset-fashion-mnist"], str(DATA))
 
 
 def write_manifest(images: np.ndarray, labels: np.ndarray, out: Path) -> Path:

@@ -4,13 +4,13 @@ scikit-image's bundled data."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps
+
+from pipelines.apt import apt_install
 
 PACKAGES = {
     "opencv-doc": "/usr/share/doc/opencv-doc/examples/data",
@@ -23,13 +23,8 @@ def ensure_packages() -> None:
     """apt-get install the image packages that are missing (as root; else exit with the
     command to run)."""
     missing = [p for p, d in PACKAGES.items() if not Path(d).is_dir()]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise SystemExit(f"missing image packages: apt-get install {' '.join(missing)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    if missing:
+        apt_install(missing, "image packages")
 
 
 def _image_files() -> list[Path]:

@@ -233,3 +233,12 @@ def test_pixels_survive_processing(crawled, hostile_web):
         stored = np.asarray(Image.open(io.BytesIO(reader.read(row["key"]))))
     reference = cv2.resize(PHOTO, (320, 240), interpolation=cv2.INTER_AREA).astype(float)
     assert np.abs(stored.astype(float) - reference).mean() < 3.0  # JPEG q95 of the same pixels
+
+
+def test_crawling_in_this_process_restores_opencv_threads(tmp_path, crawl_config, jpeg):
+    with LoopbackWeb({"/a.jpg": Route(body=jpeg)}) as web:
+        (tmp_path / "urls.txt").write_text(web.url("/a.jpg"))
+        crawl_config.processes = 1  # the one shard is crawled here, not in a worker
+        cv2.setNumThreads(3)
+        run_crawl([tmp_path / "urls.txt"], tmp_path / "out", crawl_config, progress=False)
+    assert cv2.getNumThreads() == 3

@@ -99,3 +99,23 @@ def test_rerun_of_a_complete_crawl_downloads_nothing(slow_web, tmp_path, crawl_c
     assert sum(slow_web.hits.values()) == hits
     assert second.shards_skipped == second.shards_total == first.shards_total
     assert (second.ok, second.error_codes) == (first.ok, first.error_codes)
+
+
+def test_a_shard_that_cannot_commit_ends_the_run_and_a_rerun_completes(
+    slow_web, tmp_path, crawl_config
+):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(slow_web.url(f"/img/{i}.jpg?commit") for i in range(64)))
+    out = tmp_path / "out"
+    blocker = tar_shard_path(out / "shards", 2)  # a directory where shard 2's tar must go
+    (blocker / "occupied").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):  # from whichever process took shard 2
+        run_crawl([urls], out, crawl_config, progress=False)
+    assert not (out / "manifest" / "pool" / "00002.parquet").exists()
+
+    (blocker / "occupied").rmdir()
+    blocker.rmdir()
+    summary = run_crawl([urls], out, crawl_config, progress=False)
+    assert (summary.shards_total, summary.ok, summary.error_codes) == (4, 63, {"http_4xx": 1})
+    ids = read_manifest([out / "manifest" / "pool"], POOL).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 64

@@ -42,5 +42,5 @@ class CrawlConfig:
     process: ProcessConfig = field(default_factory=ProcessConfig)
     url_column: str = "url"  # for csv, tsv, jsonl and parquet inputs
     shard_size: int = 10_000  # URLs per output shard
-    processes: int = 0  # shards crawled at once, one worker process each; 0 = one per core
-    threads_per_process: int = 2  # decode/resize threads beside each worker's event loop
+    processes: int = 0  # shards crawled at once, one process each (this one too); 0 = per core
+    threads_per_process: int = 2  # decode/resize threads beside each process's event loop

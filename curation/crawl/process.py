@@ -23,6 +23,8 @@ import hashlib
 import io
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -58,6 +60,17 @@ def init_worker() -> None:
     cv2.setNumThreads(1)
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     keep_large_allocations()
+
+
+@contextmanager
+def keep_opencv_threads() -> Iterator[None]:
+    """Restore OpenCV's thread count on exit, for a process that crawls beside other work
+    (:func:`init_worker` sets it to one)."""
+    threads = cv2.getNumThreads()
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

@@ -1,0 +1,135 @@
+"""Crawling one shard: download, process and commit its URLs in the calling process.
+
+:func:`crawl_shard` is the unit an engine schedules. It downloads on an event loop and
+decodes/resizes on a few threads beside it (Pillow and OpenCV release the GIL), then
+commits the shard; image bytes never cross a process boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from curation.crawl.config import CrawlConfig
+from curation.crawl.errors import CrawlError, ErrorCode
+from curation.crawl.fetch import Fetcher
+from curation.crawl.pixel_threads import PixelThreads
+from curation.crawl.plan import PlannedUrl
+from curation.crawl.process import init_worker, process_image
+from curation.crawl.shard_writer import CrawlOutput, ShardStats, count_codes, sample_meta
+from manifests.image_shards import ImageShardWriter
+
+log = logging.getLogger(__name__)
+
+UrlCallback = Callable[[bool], None]  # called once per URL with whether it succeeded
+
+
+class ShardCrawler:
+    """Turns planned URLs into pool rows and stored images."""
+
+    def __init__(
+        self, config: CrawlConfig, fetcher: Fetcher, pixels: PixelThreads, images: ImageShardWriter
+    ) -> None:
+        self.config = config
+        self.fetcher = fetcher
+        self.pixels = pixels
+        self.images = images
+        self._in_flight = asyncio.Semaphore(config.fetch.concurrency)
+
+    async def crawl_url(self, planned: PlannedUrl, shard: int) -> dict[str, Any]:
+        """The pool row of one URL; an ok row's image is already in the shard's tar."""
+        row = _empty_row(planned, shard)
+        try:
+            if planned.error is not None:
+                raise planned.error
+            async with self._in_flight:
+                fetched = await self.fetcher.fetch(planned.url)
+                row["http_status"] = fetched.http_status
+                image = await self.pixels.run(process_image, fetched.body, self.config.process)
+        except CrawlError as exc:
+            return _failed(row, exc.code, exc.message, exc.http_status)
+        except Exception as exc:  # never let one URL end the run
+            log.exception("unexpected error on %s", planned.url)
+            return _failed(row, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            row["fetch_time"] = datetime.now(UTC)
+        row.update(
+            status="ok",
+            bytes=len(image.data),
+            width=image.width,
+            height=image.height,
+            original_width=image.original_width,
+            original_height=image.original_height,
+            sha256=image.sha256,
+            key=planned.id,
+        )
+        self.images.add(planned.id, image.data, sample_meta(row))
+        return row
+
+
+def _empty_row(planned: PlannedUrl, shard: int) -> dict[str, Any]:
+    row = dict.fromkeys(
+        ("error_code", "error_message", "http_status", "bytes", "original_width")
+        + ("original_height", "width", "height", "sha256", "key", "fetch_time")
+    )
+    row.update(id=planned.id, url=planned.url, page_url=planned.page_url, shard=shard)
+    return row
+
+
+def _failed(row: dict[str, Any], code: ErrorCode, message: str, http_status=None) -> dict:
+    row.update(status="error", error_code=code.value, error_message=message[:500])
+    if http_status is not None:
+        row["http_status"] = http_status
+    return row
+
+
+def crawl_shard(
+    index: int,
+    planned: list[PlannedUrl],
+    config: CrawlConfig,
+    out_dir: str | Path,
+    on_url: UrlCallback | None = None,
+) -> ShardStats:
+    """Crawl one shard's URLs in this process and commit it to ``out_dir``; returns its stats."""
+    return asyncio.run(_crawl_shard(index, planned, config, CrawlOutput(out_dir), on_url))
+
+
+async def _crawl_shard(
+    index: int,
+    planned: list[PlannedUrl],
+    config: CrawlConfig,
+    output: CrawlOutput,
+    on_url: UrlCallback | None,
+) -> ShardStats:
+    start = time.perf_counter()
+    init_worker()
+    with (
+        PixelThreads(config.threads_per_process) as pixels,
+        output.image_writer(index) as images,
+    ):
+        async with Fetcher(config.fetch) as fetcher:
+            crawler = ShardCrawler(config, fetcher, pixels, images)
+
+            async def one(p: PlannedUrl) -> dict[str, Any]:
+                row = await crawler.crawl_url(p, index)
+                if on_url is not None:
+                    on_url(row["status"] == "ok")
+                return row
+
+            rows = await asyncio.gather(*(one(p) for p in planned))
+        stats = ShardStats(
+            shard=index,
+            rows=len(rows),
+            ok=images.count,
+            error_codes=count_codes(rows),
+            stored_bytes=sum(r["bytes"] for r in rows if r["status"] == "ok"),
+            elapsed_s=round(time.perf_counter() - start, 3),
+        )
+        output.commit(index, images, rows, stats, asdict(config))
+    return stats

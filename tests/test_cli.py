@@ -75,3 +75,22 @@ def test_mapping_config_values_are_checked(tmp_path):
     path.write_text("roots: [/data/in22k]\n")
     with pytest.raises(ConfigError, match="s.yaml.roots: expected a mapping"):
         load_config(SeedSetsConfig, path)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--allow-network", "127.0.0.1/8"], "fetch.allowed_networks: '127.0.0.1/8' is not a net"),
+        (["--domain-blocklist", "missing.txt"], "domain blocklist missing.txt: cannot read"),
+    ],
+)
+def test_cli_refuses_bad_fetch_settings_before_crawling(tmp_path, flags, message):
+    (tmp_path / "urls.txt").write_text("http://example.org/a.jpg\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.crawl", "--urls", str(tmp_path / "urls.txt"),
+         "--out", str(tmp_path / "out"), *flags],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "out").exists()

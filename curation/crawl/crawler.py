@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from curation.crawl.config import CrawlConfig
+from curation.crawl.fetch import Fetcher
 from curation.crawl.inputs import InputError
 from curation.crawl.local import crawl_pending_shards
 from curation.crawl.plan import CrawlPlan, plan_crawl
@@ -74,6 +75,7 @@ def run_crawl(
     With a ``runner``, each pending shard is one task of :func:`crawl_shard` (its fetch
     limits then hold per task)."""
     started = time.perf_counter()
+    Fetcher(config.fetch)  # refuses a bad network or a missing blocklist here, not in a worker
     plan = plan_crawl(inputs, config.url_column)
     for problem in plan.problems[:20]:
         log.warning("input: %s", problem)

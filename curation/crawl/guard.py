@@ -20,6 +20,7 @@ from aiohttp.resolver import DefaultResolver
 
 from curation.crawl.errors import CrawlError, ErrorCode
 from curation.crawl.urls import IPAddress, parse_ip_literal
+from manifests.config import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -57,7 +58,7 @@ class AddressPolicy:
     allowed_networks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._allowed: list[Network] = [ipaddress.ip_network(n) for n in self.allowed_networks]
+        self._allowed: list[Network] = [_network(n) for n in self.allowed_networks]
 
     def permits(self, ip: IPAddress) -> bool:
         if self.allow_private_networks or is_public(ip):
@@ -75,6 +76,13 @@ class AddressPolicy:
         ip = parse_ip_literal(host)
         if ip is not None:
             self.check(ip, host)
+
+
+def _network(cidr: str) -> Network:
+    try:
+        return ipaddress.ip_network(cidr)
+    except ValueError as exc:
+        raise ConfigError(f"fetch.allowed_networks: {cidr!r} is not a network ({exc})") from None
 
 
 class DomainBlocklist:

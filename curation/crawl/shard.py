@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 
 UrlCallback = Callable[[bool], None]  # called once per URL with whether it succeeded
 
+# libuv's event loop where installed (all but Windows): here it took 0.07 ms less of the
+# loop thread's CPU per image than asyncio's own, 2% of a crawl's CPU
+try:
+    from uvloop import run as _run_event_loop
+except ImportError:
+    from asyncio import run as _run_event_loop
+
 
 class ShardCrawler:
     """Turns planned URLs into pool rows and stored images."""
@@ -97,7 +104,7 @@ def crawl_shard(
     on_url: UrlCallback | None = None,
 ) -> ShardStats:
     """Crawl one shard's URLs in this process and commit it to ``out_dir``; returns its stats."""
-    return asyncio.run(_crawl_shard(index, planned, config, CrawlOutput(out_dir), on_url))
+    return _run_event_loop(_crawl_shard(index, planned, config, CrawlOutput(out_dir), on_url))
 
 
 async def _crawl_shard(

@@ -75,16 +75,17 @@ def test_unreadable_or_missing_manifests_are_named(tmp_path):
         read_manifest([tmp_path / "nope"], POOL)
 
 
-def _write_tar(path, samples):
-    with ImageShardWriter(path) as w:
+def _write_tar(path, samples, writeback_bytes=16 << 20):
+    with ImageShardWriter(path, writeback_bytes) as w:
         for key, data in samples.items():
             w.add(key, data, {"key": key, "n": len(data)})
 
 
-def test_tar_shards_read_back_with_tarfile_webdataset_and_random_access(tmp_path):
+@pytest.mark.parametrize("writeback_bytes", [16 << 20, 1])  # 1: writeback after every sample
+def test_tar_shards_read_back_with_tarfile_webdataset_and_random_access(tmp_path, writeback_bytes):
     samples = {f"{i:032x}": bytes([i]) * (100 + i) for i in range(5)}
     path = tmp_path / "00000.tar"
-    _write_tar(path, samples)
+    _write_tar(path, samples, writeback_bytes)
     with tarfile.open(path) as tar:
         assert tar.getnames()[:2] == [f"{0:032x}.jpg", f"{0:032x}.json"]
     assert {k: s["jpg"] for k, s in iter_samples(path)} == samples

@@ -15,15 +15,16 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolE
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from curation.crawl.config import CrawlConfig
-from curation.crawl.plan import PlannedUrl
 from curation.crawl.process import keep_opencv_threads
 from curation.crawl.shard import crawl_shard
 from curation.crawl.shard_writer import ShardStats
+from curation.crawl.urls import PlannedUrl
+
+if TYPE_CHECKING:  # workers import this module, and have no bar to draw
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 

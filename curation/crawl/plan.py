@@ -12,15 +12,7 @@ from pathlib import Path
 
 from curation.crawl.errors import CrawlError
 from curation.crawl.inputs import read_records
-from curation.crawl.urls import normalize_url, url_id
-
-
-@dataclass(frozen=True)
-class PlannedUrl:
-    id: str
-    url: str  # normalized; the text as written when it could not be normalized
-    page_url: str | None = None
-    error: CrawlError | None = None  # refused before download (invalid URL, scheme)
+from curation.crawl.urls import PlannedUrl, normalize_url, url_id
 
 
 @dataclass

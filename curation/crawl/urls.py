@@ -1,4 +1,4 @@
-"""URL normalization and the stable image id derived from it."""
+"""URL normalization, the stable image id derived from it, and a URL as the plan holds it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import functools
 import hashlib
 import ipaddress
 import socket
+from dataclasses import dataclass
 
 from yarl import URL
 
@@ -74,3 +75,13 @@ def _canonical_host(host: str) -> str:
 def url_id(normalized_url: str) -> str:
     """128-bit hex id of a normalized URL: stable across runs, collision-safe at 1e10 rows."""
     return hashlib.blake2b(normalized_url.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class PlannedUrl:
+    """One URL of a crawl plan: what a shard is made of, and all a worker is sent of it."""
+
+    id: str
+    url: str  # normalized; the text as written when it could not be normalized
+    page_url: str | None = None
+    error: CrawlError | None = None  # refused before download (invalid URL, scheme)

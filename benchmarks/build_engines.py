@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipelines.build_lvd import run_build
+from pipelines.build import run_build
 from pipelines.demo import demo_web
 from pipelines.engines import make_engine
 

@@ -2,18 +2,23 @@
 
 Options not given as flags are set with ``--config FILE.yaml`` or ``--set key=value``
 (keys as in :class:`curation.crawl.config.CrawlConfig`, e.g. ``fetch.max_retries=3``).
+
+The crawler is imported when the command runs, not with this module: the crawl's worker
+processes import the command's module again (as ``__mp_main__``) and need none of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from curation.crawl.config import CrawlConfig
-from curation.crawl.crawler import CrawlSummary, ResumeMismatchError, run_crawl
-from curation.crawl.inputs import InputError
 from manifests.config import ConfigError, load_config
 from pipelines.cli import run_cli
+
+if TYPE_CHECKING:
+    from curation.crawl.crawler import CrawlSummary
 
 # flag -> config key; each flag is a shorthand for --set KEY=VALUE
 _FLAG_KEYS = {
@@ -116,6 +121,8 @@ def format_summary(s: CrawlSummary) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from curation.crawl.crawler import ResumeMismatchError, run_crawl  # noqa: PLC0415
+    from curation.crawl.inputs import InputError  # noqa: PLC0415 - see the module doc
 
     def crawl() -> str:
         config = config_from_args(args)

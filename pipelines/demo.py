@@ -1,5 +1,4 @@
-"""The embedded demo: ``python -m pipelines.build_lvd --demo [--out DIR] [--engine ...]``
-(``python -m pipelines.demo`` is the same).
+"""The embedded demo: ``python -m pipelines.build_lvd --demo [--out DIR] [--engine ...]``.
 
 Serves a small web on loopback: pages linking photos (real ones from scikit-image and
 Debian image packages where installed, generated ones otherwise) with exact duplicates,
@@ -14,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from manifests.config import load_config
-from pipelines.build_lvd import format_results, run_build
+from pipelines.build import format_results, run_build
 from pipelines.curation_config import CurationConfig
 from pipelines.engines import make_engine
 from pipelines.loopback_web import LoopbackWeb, Route
@@ -180,13 +178,3 @@ def run_demo(out: Path, engine_name: str = "local", progress: bool = True) -> st
     return (format_results(out / "build", results)
             + f"\n  trained {metrics.get('iteration')} steps of {TRAIN_CONFIG.name} on the LVD "
             f"manifest: loss {metrics.get('loss')} -> {out / 'train'}")  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.build_lvd import main as build_main
-
-    return build_main(["--demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

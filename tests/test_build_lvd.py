@@ -29,7 +29,7 @@ from manifests.errors import ManifestError
 from manifests.parquet_io import read_manifest, write_image_manifest
 from manifests.schemas import DEDUP, HASHES, LVD, POOL
 from pipelines import build_lvd as cli
-from pipelines.build_lvd import MissingStageError, run_build
+from pipelines.build import MissingStageError, run_build
 from pipelines.curation_config import CurationConfig
 from pipelines.demo import demo_web
 from pipelines.engines.local import LocalEngine

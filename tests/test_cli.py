@@ -94,3 +94,28 @@ def test_cli_refuses_bad_fetch_settings_before_crawling(tmp_path, flags, message
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    probe = f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+@pytest.mark.parametrize("command", ["pipelines.build_lvd", "pipelines.crawl"])
+def test_a_worker_process_imports_the_command_module_without_its_pipeline(command):
+    # what multiprocessing does in every forkserver or spawn worker of a command run with -m
+    # (multiprocessing.spawn._fixup_main_from_name): it runs the command's module again
+    modules = _modules_after(
+        f"import runpy; runpy.run_module({command!r}, run_name='__mp_main__', alter_sys=True)"
+    )
+    assert "pipelines" in modules  # the probe ran
+    assert not {"torch", "curation.crawl.crawler", "aiohttp"} & modules
+
+
+def test_crawl_workers_preload_what_a_shard_needs_and_not_the_input_readers():
+    modules = _modules_after("import curation.crawl.worker_preload")
+    assert {"curation.crawl.shard", "aiohttp", "cv2"} <= modules
+    assert not {"curation.crawl.inputs", "warcio", "tqdm", "torch"} & modules

@@ -20,9 +20,9 @@ from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import CrawlError, ErrorCode
 from curation.crawl.fetch import Fetcher
 from curation.crawl.pixel_threads import PixelThreads
-from curation.crawl.plan import PlannedUrl
 from curation.crawl.process import init_worker, process_image
 from curation.crawl.shard_writer import CrawlOutput, ShardStats, count_codes, sample_meta
+from curation.crawl.urls import PlannedUrl
 from manifests.image_shards import ImageShardWriter
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.crawl.crawler import ResumeMismatchError
-from curation.crawl.inputs import InputError
+from curation.crawl.errors import InputError, ResumeMismatchError
 from manifests.atomic import write_bytes_atomic
 from manifests.config import ConfigError, load_config
 from pipelines.cli import USER_ERRORS, run_cli

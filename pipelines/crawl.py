@@ -4,7 +4,8 @@ Options not given as flags are set with ``--config FILE.yaml`` or ``--set key=va
 (keys as in :class:`curation.crawl.config.CrawlConfig`, e.g. ``fetch.max_retries=3``).
 
 The crawler is imported when the command runs, not with this module: the crawl's worker
-processes import the command's module again (as ``__mp_main__``) and need none of it.
+processes import the command's module again (as ``__mp_main__``) and need none of it. The
+workers' server starts first, so that its imports run beside this process's own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from curation.crawl.config import CrawlConfig
+from curation.crawl.errors import InputError, ResumeMismatchError
+from curation.crawl.worker_server import start_worker_server
 from manifests.config import ConfigError, load_config
 from pipelines.cli import run_cli
 
@@ -121,11 +124,12 @@ def format_summary(s: CrawlSummary) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from curation.crawl.crawler import ResumeMismatchError, run_crawl  # noqa: PLC0415
-    from curation.crawl.inputs import InputError  # noqa: PLC0415 - see the module doc
 
     def crawl() -> str:
         config = config_from_args(args)
+        start_worker_server(config.processes)
+        from curation.crawl.crawler import run_crawl  # noqa: PLC0415 - see the module doc
+
         return format_summary(run_crawl(args.urls, args.out, config, progress=not args.no_progress))
 
     return run_cli(crawl, (ConfigError, InputError, ResumeMismatchError, FileNotFoundError))

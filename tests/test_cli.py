@@ -119,3 +119,36 @@ def test_crawl_workers_preload_what_a_shard_needs_and_not_the_input_readers():
     modules = _modules_after("import curation.crawl.worker_preload")
     assert {"curation.crawl.shard", "aiohttp", "cv2"} <= modules
     assert not {"curation.crawl.inputs", "warcio", "tqdm", "torch"} & modules
+
+
+_CHILDREN_AFTER_START = """
+import os, sys
+from curation.crawl.worker_server import start_worker_server
+start_worker_server({processes})
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{{pid}}/stat") as f:
+            ppid = int(f.read().rpartition(")")[2].split()[1])
+        with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\\0", b" ").decode()
+    except (OSError, ValueError):  # gone meanwhile
+        continue
+    if ppid == os.getpid():
+        print("child:", cmdline)
+print("crawler imported here:", "curation.crawl.shard" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("processes, servers", [(2, 1), (1, 0)])
+def test_the_crawl_command_starts_the_workers_server_first_when_it_will_use_workers(
+    processes, servers
+):
+    probe = _CHILDREN_AFTER_START.format(processes=processes)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    children = [line for line in result.stdout.splitlines() if line.startswith("child:")]
+    forkservers = [c for c in children if "multiprocessing.forkserver" in c]
+    assert len(forkservers) == servers, result.stdout
+    assert all("curation.crawl.worker_preload" in c for c in forkservers)
+    assert "crawler imported here: False" in result.stdout

@@ -11,9 +11,8 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from curation.crawl.errors import CrawlError, ErrorCode
+from curation.crawl.errors import CrawlError, ErrorCode, InputError
 from curation.crawl.html import extract_image_urls, parse_srcset
-from curation.crawl.inputs import InputError
 from curation.crawl.plan import plan_crawl
 from curation.crawl.urls import normalize_url, url_id
 

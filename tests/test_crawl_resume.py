@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from curation.crawl.crawler import ResumeMismatchError, run_crawl
+from curation.crawl.crawler import run_crawl
+from curation.crawl.errors import ResumeMismatchError
 from manifests.image_shards import iter_samples, tar_shard_path
 from manifests.parquet_io import read_manifest
 from manifests.schemas import POOL

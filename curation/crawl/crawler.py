@@ -18,8 +18,8 @@ from typing import Any
 from tqdm import tqdm
 
 from curation.crawl.config import CrawlConfig
+from curation.crawl.errors import InputError, ResumeMismatchError
 from curation.crawl.fetch import Fetcher
-from curation.crawl.inputs import InputError
 from curation.crawl.local import crawl_pending_shards
 from curation.crawl.plan import CrawlPlan, plan_crawl
 from curation.crawl.shard import crawl_shard
@@ -30,10 +30,6 @@ from manifests.atomic import write_bytes_atomic
 log = logging.getLogger(__name__)
 
 RUN_FILE = "crawl.json"
-
-
-class ResumeMismatchError(RuntimeError):
-    """The output directory holds a crawl of different inputs or shard size."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The closed set of error codes a pool row can carry, and the exception that carries one."""
+"""What goes wrong in a crawl: the closed set of error codes a pool row can carry and the
+exception that carries one; and the errors that stop a crawl before it starts."""
 
 from __future__ import annotations
 
@@ -41,3 +42,11 @@ class CrawlError(Exception):
 
     def __reduce__(self):  # cross process boundaries intact
         return (CrawlError, (self.code, self.message, self.http_status))
+
+
+class InputError(ValueError):
+    """An input file that cannot be read as what its name says."""
+
+
+class ResumeMismatchError(RuntimeError):
+    """The output directory holds a crawl of different inputs or shard size."""

@@ -19,11 +19,8 @@ import pyarrow.parquet as pq
 from warcio.archiveiterator import ArchiveIterator
 from yarl import URL
 
+from curation.crawl.errors import InputError
 from curation.crawl.html import extract_image_urls
-
-
-class InputError(ValueError):
-    """An input file that cannot be read as what its name says."""
 
 
 @dataclass(frozen=True)

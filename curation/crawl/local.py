@@ -8,8 +8,6 @@ counters the processes share.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -22,6 +20,7 @@ from curation.crawl.process import keep_opencv_threads
 from curation.crawl.shard import crawl_shard
 from curation.crawl.shard_writer import ShardStats
 from curation.crawl.urls import PlannedUrl
+from curation.crawl.worker_server import crawl_processes, worker_context
 
 if TYPE_CHECKING:  # workers import this module, and have no bar to draw
     from tqdm import tqdm
@@ -108,14 +107,13 @@ def crawl_pending_shards(
     """Crawl the pending shards in this process and ``processes - 1`` workers, each taking
     the next shard when it has committed one; fetch limits are split evenly over them.
 
-    This process crawls from the start, its imports done, while the workers start (a
-    forkserver importing the crawler: about half a second of a core).
+    This process crawls from the start, its imports done, while the workers start (from a
+    forkserver: :mod:`curation.crawl.worker_server`).
     """
     if not pending:
         return
-    processes = min(config.processes or os.cpu_count() or 1, len(pending))
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["curation.crawl.worker_preload"])
+    processes = min(crawl_processes(config.processes), len(pending))
+    ctx = worker_context()
     lanes = _Lanes(shards, _ShardQueue(pending), _split_limits(config, processes), out_dir,
                    ctx.Array("q", 2))  # fmt: skip
     here_done = threading.Event()

@@ -6,6 +6,9 @@ scheduling and, here, for sharing one machine with the driver). Beam runs only t
 stages it implements (crawl, hash).
 
     python benchmarks/build_engines.py [--photos 400] [--engines local,ray,beam]
+
+The pipeline is imported inside main(), as build_lvd does: the local crawl's worker
+processes run this script's top level again, and would otherwise import torch each.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipelines.build import run_build
-from pipelines.demo import demo_web
-from pipelines.engines import make_engine
-
 
 def main() -> None:
+    from pipelines.build import run_build  # noqa: PLC0415 - see the module doc
+    from pipelines.demo import demo_web  # noqa: PLC0415
+    from pipelines.engines import make_engine  # noqa: PLC0415
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--photos", type=int, default=400)
     p.add_argument("--engines", default="local,ray,beam")

@@ -175,9 +175,12 @@ class Fetcher:
         raise error
 
     def _check_robots(self, resp: aiohttp.ClientResponse) -> None:
+        values = resp.headers.getall("X-Robots-Tag", ())
+        if not values:
+            return
         c = self.config
         directive = forbidding_directive(
-            resp.headers.getall("X-Robots-Tag", []),
+            values,
             c.user_agent_token,
             c.disallowed_robots_directives,
         )
@@ -188,11 +191,8 @@ class Fetcher:
 
     async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
         cap = self.config.max_bytes
-        too_large = CrawlError(
-            ErrorCode.TOO_LARGE, f"body over {cap} bytes", http_status=resp.status
-        )
         if resp.content_length is not None and resp.content_length > cap:
-            raise too_large
+            raise _too_large(cap, resp.status)
         decoder = _decoder(resp.headers.get("Content-Encoding", ""), resp.status)
         if decoder is None and resp.content_length is not None:
             return await resp.read()  # the client stops at Content-Length, checked above
@@ -201,9 +201,13 @@ class Fetcher:
             data = chunk if decoder is None else decoder.decompress(chunk, cap - size + 1)
             size += len(data)
             if size > cap or (decoder is not None and decoder.unconsumed_tail):
-                raise too_large
+                raise _too_large(cap, resp.status)
             parts.append(data)
         return b"".join(parts)
+
+
+def _too_large(cap: int, status: int) -> CrawlError:
+    return CrawlError(ErrorCode.TOO_LARGE, f"body over {cap} bytes", http_status=status)
 
 
 def _decoder(encoding: str, status: int) -> zlib._Decompress | None:

@@ -47,7 +47,24 @@ class ShardCrawler:
         self.fetcher = fetcher
         self.pixels = pixels
         self.images = images
-        self._in_flight = asyncio.Semaphore(config.fetch.concurrency)
+
+    async def crawl_all(
+        self, planned: list[PlannedUrl], shard: int, on_url: UrlCallback | None = None
+    ) -> list[dict[str, Any]]:
+        """The pool rows of ``planned``, in order, crawled ``fetch.concurrency`` at a time by
+        as many coroutines (one task and no semaphore wait per URL)."""
+        rows: list[dict[str, Any]] = [{}] * len(planned)
+        todo = iter(enumerate(planned))
+
+        async def crawl_next() -> None:
+            for i, p in todo:
+                rows[i] = await self.crawl_url(p, shard)
+                if on_url is not None:
+                    on_url(rows[i]["status"] == "ok")
+
+        workers = min(self.config.fetch.concurrency, len(planned))
+        await asyncio.gather(*(crawl_next() for _ in range(workers)))
+        return rows
 
     async def crawl_url(self, planned: PlannedUrl, shard: int) -> dict[str, Any]:
         """The pool row of one URL; an ok row's image is already in the shard's tar."""
@@ -55,10 +72,9 @@ class ShardCrawler:
         try:
             if planned.error is not None:
                 raise planned.error
-            async with self._in_flight:
-                fetched = await self.fetcher.fetch(planned.url)
-                row["http_status"] = fetched.http_status
-                image = await self.pixels.run(process_image, fetched.body, self.config.process)
+            fetched = await self.fetcher.fetch(planned.url)
+            row["http_status"] = fetched.http_status
+            image = await self.pixels.run(process_image, fetched.body, self.config.process)
         except CrawlError as exc:
             return _failed(row, exc.code, exc.message, exc.http_status)
         except Exception as exc:  # never let one URL end the run
@@ -121,15 +137,9 @@ async def _crawl_shard(
         output.image_writer(index) as images,
     ):
         async with Fetcher(config.fetch) as fetcher:
-            crawler = ShardCrawler(config, fetcher, pixels, images)
-
-            async def one(p: PlannedUrl) -> dict[str, Any]:
-                row = await crawler.crawl_url(p, index)
-                if on_url is not None:
-                    on_url(row["status"] == "ok")
-                return row
-
-            rows = await asyncio.gather(*(one(p) for p in planned))
+            rows = await ShardCrawler(config, fetcher, pixels, images).crawl_all(
+                planned, index, on_url
+            )
         stats = ShardStats(
             shard=index,
             rows=len(rows),

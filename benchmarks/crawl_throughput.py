@@ -2,11 +2,12 @@
 
 Serves N generated photo-like images (640x480, 90% JPEG, 10% PNG) from a loopback server
 in a separate process, then measures on the same images, in the same run:
-  - pixel_limit: decode + resize to 512 + encode alone, one process per core (the ceiling);
+  - pixel_limit: decode + resize to 512 + encode alone, one process per core (the ceiling),
+    measured just before and just after each crawl of ours and averaged;
   - ours: ``python -m pipelines.crawl`` over the URL list, rated over the crawl's own elapsed
     time (stats.json) for the pixel-limit ratio, and over the wall clock, interpreter start-up
     included, for the img2dataset ratio; also over the workers' time inside shards, which
-    leaves out the fixed cost of starting the workers (about a second here);
+    leaves out the fixed costs of planning, starting the workers and committing the shards;
   - img2dataset: the same URL list, cores and resize settings (wall clock, start-up included),
     installed from PyPI into its own virtual environment under --workdir.
 Prints one JSON object; the ratios (medians of the repeats' paired ratios) are what to
@@ -184,6 +185,13 @@ def run_img2dataset(
     }
 
 
+def _bracket(before: dict, after: dict) -> dict:
+    """The pixel limit measured just before and just after a crawl, as one baseline: the
+    host drifts by 20-30% within minutes, and a crawl's own period lies between the two."""
+    mean = round((before["images_per_s"] + after["images_per_s"]) / 2, 1)
+    return {"images_per_s": mean, "before": before, "after": after}
+
+
 def _median_run(runs: list[dict], key: str) -> dict:
     """The run whose ``key`` is the median (the runs themselves are kept beside it)."""
     return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
@@ -237,10 +245,12 @@ def main() -> None:
         url_file.write_text("".join(f"http://127.0.0.1:{port}/{n}\n" for n in names))
         for _ in range(args.repeats):
             _settle()
-            runs["pixel_limit"].append(pixel_limit(images, names, args.workers))
+            before = pixel_limit(images, names, args.workers)
             out = args.workdir / "out-ours"
             _settle(out)
             runs["ours"].append(run_ours(url_file, out, args.workers, args.shard_size, extra))
+            _settle()
+            runs["pixel_limit"].append(_bracket(before, pixel_limit(images, names, args.workers)))
             if exe is not None:
                 out = args.workdir / "out-img2dataset"
                 _settle(out)

@@ -175,12 +175,9 @@ class Fetcher:
         raise error
 
     def _check_robots(self, resp: aiohttp.ClientResponse) -> None:
-        values = resp.headers.getall("X-Robots-Tag", ())
-        if not values:
-            return
         c = self.config
         directive = forbidding_directive(
-            values,
+            resp.headers.getall("X-Robots-Tag", []),
             c.user_agent_token,
             c.disallowed_robots_directives,
         )

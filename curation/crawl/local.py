@@ -62,11 +62,18 @@ def _init_shard_worker(counters) -> None:
     _progress = _SharedProgress(counters)
 
 
-def _crawl_shard_in_worker(index: int, planned: list[PlannedUrl], config, out_dir) -> ShardStats:
+def _crawl_counted(
+    progress: _SharedProgress, index: int, planned: list[PlannedUrl], config, out_dir
+) -> ShardStats:
+    """Crawl one shard, its URLs counted into ``progress`` (flushed even if it fails)."""
     try:
-        return crawl_shard(index, planned, config, out_dir, on_url=_progress)
+        return crawl_shard(index, planned, config, out_dir, on_url=progress)
     finally:
-        _progress.flush()
+        progress.flush()
+
+
+def _crawl_shard_in_worker(index: int, planned: list[PlannedUrl], config, out_dir) -> ShardStats:
+    return _crawl_counted(_progress, index, planned, config, out_dir)
 
 
 class _ShardQueue:
@@ -145,12 +152,8 @@ def _crawl_here(lanes: _Lanes) -> None:
     progress = _SharedProgress(lanes.counters)
     with keep_opencv_threads():
         while (index := lanes.queue.take()) is not None:
-            try:
-                stats = crawl_shard(index, lanes.shards[index], lanes.config, lanes.out_dir,
-                                    on_url=progress)  # fmt: skip
-            finally:
-                progress.flush()
-            _log_shard(stats)
+            _log_shard(_crawl_counted(progress, index, lanes.shards[index], lanes.config,
+                                      lanes.out_dir))  # fmt: skip
 
 
 def _run_workers(lanes: _Lanes, n: int, ctx, bar: tqdm, here_done: threading.Event) -> None:

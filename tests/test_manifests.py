@@ -41,6 +41,19 @@ def test_shards_commit_atomically_and_list_for_resume(tmp_path):
     assert meta[SCHEMA_KEY] == b"pool/1" and json.loads(meta[CONFIG_KEY]) == {"seed": 1}
 
 
+def test_writes_store_the_schema_types_whatever_the_table_holds(tmp_path):
+    store = ShardedParquet(tmp_path / "pool", POOL)
+    exact = _pool_rows(2)
+    wider = exact.set_column(POOL.names.index("width"), "width", pa.array([10, 11], pa.int64()))
+    reordered = wider.select(list(reversed(POOL.names))).append_column("extra", pa.array([1, 2]))
+    for index, table in enumerate((exact, reordered)):
+        store.write(index, table, config={"run": index})
+        stored = pq.read_schema(store.path(index))
+        assert stored.equals(POOL.arrow, check_metadata=False)
+        assert json.loads(stored.metadata[CONFIG_KEY]) == {"run": index}
+    assert store.read().column("width").to_pylist() == [10, 11, 10, 11]
+
+
 def test_a_failed_write_leaves_no_file(tmp_path):
     target = tmp_path / "x.bin"
     with pytest.raises(RuntimeError), atomic_path(target) as tmp:

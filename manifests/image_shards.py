@@ -35,10 +35,13 @@ class ImageShardWriter:
 
     Every ``writeback_bytes`` written, the kernel is asked to start writing them to disk,
     so the fsync that commits the tar waits for the last few megabytes rather than the
-    whole shard (0.1-0.2 s for a 125 MB shard here, at the end of every shard).
+    whole shard (0.1-0.2 s for a 125 MB shard here, at the end of every shard). Every
+    4 MB rather than 16 MB: that fsync took 0.045 s rather than 0.073 s on average over
+    12 shard commits each of a 2-process crawl, and the crawl's CPU per image stayed
+    within the noise (3.7-4.2 ms both).
     """
 
-    def __init__(self, path: str | os.PathLike, writeback_bytes: int = 16 << 20) -> None:
+    def __init__(self, path: str | os.PathLike, writeback_bytes: int = 4 << 20) -> None:
         self.path = Path(path)
         self._tmp = temporary_path(self.path)
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by close() or abort()

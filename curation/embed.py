@@ -34,15 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from curation.tasks import ShardRunner
+from curation.local_runner import run_locally
+from curation.tasks import ItemCounter, ShardRunner
 from manifests.config import ConfigError
 from manifests.embeddings import EmbeddingStore
+from manifests.image_rows import ImageBytesReader, ImageRow, require_image_rows
 from manifests.parquet_io import pending_shards
-from training.data.dataset import ManifestImageDataset, require_image_rows
-from training.data.transforms import center_crop_transform
 from training.models.loading import load_backbone
+from training.models.preprocess import center_crop_transform, image_tensor
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,10 @@ def _vit(spec: str) -> Embedder:
     return Embedder(spec, model, center_crop_transform(224), model.embed_dim)
 
 
+@functools.cache
 def load_embedder(spec: str) -> Embedder:
-    """The model a spec names (see the module docstring); raises ConfigError on a bad spec."""
+    """The model a spec names (see the module docstring), loaded once per process however
+    many shards it embeds; raises ConfigError on a bad spec."""
     if spec == "efficientnet_lite0":
         embedder = _efficientnet_lite0()
     elif spec.startswith("torchscript:"):
@@ -156,13 +158,13 @@ def embed_manifests(
     out: str | Path,
     config: EmbedConfig | None = None,
     progress: bool = True,
-    runner: ShardRunner | None = None,
+    runner: ShardRunner = run_locally,
 ) -> dict[str, int]:
     """Embed every usable row of ``manifests`` into shards under ``out``; complete shards of
     an earlier run of the same job are kept. Returns the counts of embedded and failed
     images in the store, and how many shards this run found complete.
-    With a ``runner``, each pending shard is one task of :func:`embed_shard`, which loads
-    the model from its spec where it runs (on a GPU there if one is free)."""
+    Each pending shard is one task of :func:`embed_shard`, which loads the model from its
+    spec where it runs (once per process; on a GPU there if one is free)."""
     config = config or EmbedConfig()
     rows = require_image_rows(manifests)
     store = EmbeddingStore(out)
@@ -174,45 +176,54 @@ def embed_manifests(
     store.ids.remove_partial()
     done = store.complete()
     todo = pending_shards(rows, config.rows_per_shard, done)
-    if runner is not None:
-        runner(embed_shard, [(i, chunk, embedder.spec, str(out), config) for i, chunk in todo],
-               desc="embed", gpus=1.0)  # fmt: skip
-    else:
-        with tqdm(total=sum(len(c) for _, c in todo), unit="img", desc="embed",
-                  disable=not progress) as bar:  # fmt: skip
-            for index, chunk in todo:
-                embed_shard(index, chunk, embedder, out, config, bar.update)
+    runner(embed_shard, [(i, chunk, embedder.spec, str(out), config) for i, chunk in todo],
+           desc="embed", items=sum(len(c) for _, c in todo), unit="img", gpus=1.0,
+           progress=progress)  # fmt: skip
     ok = sum(pc.sum(store.ids.read_shard(i, ["ok"]).column("ok")).as_py() or 0
              for i in store.complete())  # fmt: skip
     return {"embedded": ok, "failed": len(rows) - ok, "shards_skipped": len(done)}
 
 
-@functools.cache
-def _embedder_for(spec: str) -> Embedder:
-    """One model per process and spec, however many shards the process embeds."""
-    return load_embedder(spec)
-
-
 def embed_shard(
     index: int,
     rows: list[dict[str, Any]],
-    embedder: Embedder | str,
+    spec: str,
     out: str | Path,
     config: EmbedConfig,
-    on_images: Callable[[int], Any] | None = None,
+    on_items: ItemCounter | None = None,
 ) -> None:
-    """Embed ``rows`` and commit shard ``index`` of the store at ``out``; ``embedder`` is
-    a model or its spec; ``on_images(n)`` is called as batches finish."""
-    if isinstance(embedder, str):
-        embedder = _embedder_for(embedder)
+    """Embed ``rows`` with the model of ``spec`` and commit shard ``index`` of the store at
+    ``out``; ``on_items(done, ok)`` is called as batches finish."""
+    embedder = load_embedder(spec)
     device = _device(config.device)
     model = embedder.model.to(device, memory_format=torch.channels_last)  # 1.5x for convnets
-    vectors, ok = _embed_rows(rows, embedder, model, device, config, on_images)
+    vectors, ok = _embed_rows(rows, embedder, model, device, config, on_items)
     EmbeddingStore(out).write(index, [r["id"] for r in rows], ok, vectors)
 
 
+class _EmbedInputs:
+    """Rows -> model inputs, decoded in DataLoader worker processes; an image that cannot
+    be read or decoded is None (and a warning naming it), never fatal."""
+
+    def __init__(self, rows: list[ImageRow], transform: Callable[[Tensor], Tensor]) -> None:
+        self.rows = rows
+        self.transform = transform
+        self.images = ImageBytesReader()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Tensor | None:
+        row = self.rows[index]
+        try:
+            return self.transform(image_tensor(self.images.read(row)))
+        except Exception as exc:  # noqa: BLE001 - one bad image is a failed row
+            log.warning("cannot embed %s (%s): %s", row["id"], row["source"], exc)
+            return None
+
+
 def _batches(
-    dataset: ManifestImageDataset, config: EmbedConfig
+    dataset: _EmbedInputs, config: EmbedConfig
 ) -> Iterator[list[tuple[int, Tensor | None]]]:
     loader = DataLoader(range(len(dataset)), batch_size=config.batch_size,
                         num_workers=config.num_workers,
@@ -227,11 +238,11 @@ def _embed_rows(
     model: nn.Module,
     device: torch.device,
     config: EmbedConfig,
-    on_images: Callable[[int], Any] | None,
+    on_items: ItemCounter | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     vectors = np.zeros((len(rows), embedder.dim), np.float16)
     ok = np.zeros(len(rows), bool)
-    dataset = ManifestImageDataset(rows, embedder.transform)
+    dataset = _EmbedInputs(rows, embedder.transform)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda"
@@ -247,6 +258,6 @@ def _embed_rows(
             index = [i for i, _ in good]
             vectors[index] = F.normalize(out.float(), dim=-1).cpu().numpy()
             ok[index] = True
-        if on_images is not None:
-            on_images(len(items))
+        if on_items is not None:
+            on_items(len(items), len(good))
     return vectors, ok

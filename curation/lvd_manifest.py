@@ -27,9 +27,9 @@ from manifests.atomic import write_bytes_atomic
 from manifests.config import ConfigError
 from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.errors import ManifestError
+from manifests.image_rows import read_image_rows, row_location
 from manifests.parquet_io import ShardedParquet, read_manifest
 from manifests.schemas import DEDUP, LVD
-from training.data.dataset import read_image_rows, row_location
 
 log = logging.getLogger(__name__)
 

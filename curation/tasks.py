@@ -1,10 +1,13 @@
 """How a stage hands its shards to an execution engine without knowing which one.
 
-A stage that can run on several machines splits its work into shard tasks: a module-level
-function and, per shard, a tuple of picklable arguments. The function commits its shard to
-disk itself (atomically), so a runner returns nothing and a killed run resumes from the
-committed shards. ``pipelines.engines`` provides runners for Ray and Beam; without one,
-a stage runs its shards on this machine.
+A stage splits its work into shard tasks: a module-level function and, per shard, a tuple
+of picklable arguments. The function commits its shard to disk itself (atomically), so a
+runner returns nothing and a killed run resumes from the committed shards. Every engine
+provides a runner: this machine's process pool (:func:`curation.local_runner.run_locally`,
+the default), Ray tasks, or a Beam pipeline (``pipelines.engines``).
+
+A task function takes an optional keyword ``on_items(done, ok)``, which it calls as the
+items of its shard (URLs, images) finish; a runner that draws per-item progress passes it.
 """
 
 from __future__ import annotations
@@ -12,10 +15,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+ItemCounter = Callable[[int, int], None]  # on_items(done, ok)
+
 
 class ShardRunner(Protocol):
     def __call__(
-        self, fn: Callable[..., Any], tasks: list[tuple], *, desc: str, gpus: float = 0.0
+        self,
+        fn: Callable[..., Any],
+        tasks: list[tuple],
+        *,
+        desc: str,
+        items: int | None = None,
+        unit: str = "item",
+        gpus: float = 0.0,
+        processes: int = 1,
+        progress: bool = True,
     ) -> None:
         """Run ``fn(*task)`` for every task (in any order, anywhere); raise if one fails.
-        ``gpus`` is what one task needs where GPUs exist."""
+
+        ``items``: how many items the tasks hold, for progress in ``unit``s. ``gpus``: what
+        one task needs where GPUs exist. ``processes``: how many tasks one machine runs at
+        once (0: one per core); an engine that schedules by its own resources ignores it.
+        """

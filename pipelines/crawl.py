@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 
 from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import InputError, ResumeMismatchError
-from curation.crawl.worker_server import start_worker_server
+from curation.local_runner import start_worker_server
 from manifests.config import ConfigError, load_config
 from pipelines.cli import run_cli
 
 if TYPE_CHECKING:
     from curation.crawl.crawler import CrawlSummary
+
+CRAWL_TASKS = "curation.crawl.shard"  # the module of the crawl's task function
 
 # flag -> config key; each flag is a shorthand for --set KEY=VALUE
 _FLAG_KEYS = {
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def crawl() -> str:
         config = config_from_args(args)
-        start_worker_server(config.processes)
+        start_worker_server(config.processes, CRAWL_TASKS)
         from curation.crawl.crawler import run_crawl  # noqa: PLC0415 - see the module doc
 
         return format_summary(run_crawl(args.urls, args.out, config, progress=not args.no_progress))

@@ -8,7 +8,6 @@ manifest) -> report. Each writes ``DIR/<stage>/`` and, when finished, ``DIR/<sta
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,16 +17,16 @@ import pyarrow.compute as pc
 
 from curation.crawl.crawler import run_crawl
 from curation.dedup.stage import run_dedup, write_dedup
-from curation.embed import Embedder, embed_manifests, load_embedder
+from curation.embed import embed_manifests, load_embedder
 from curation.lvd_manifest import PoolInputs, RetrievalConfig, build_lvd
 from curation.seeds.registry import write_seed_manifest
 from manifests.errors import ManifestError
+from manifests.image_rows import read_image_rows, row_location
 from manifests.parquet_io import ShardedParquet, read_manifest, write_image_manifest
 from manifests.schemas import DEDUP, HASHES
 from pipelines.curation_config import CurationConfig
 from pipelines.engines import Engine
 from pipelines.report import write_report
-from training.data.dataset import read_image_rows, row_location
 
 
 @dataclass
@@ -65,18 +64,13 @@ class Build:
         return self.dir("embed_pool") / ("retrieval" if model == self.config.model else "copy")
 
     def embed(self, manifests: list[Path], out: Path, model: str, stage: str) -> dict[str, int]:
-        counts = embed_manifests(manifests, _embedder(model), out, self.config.embed,
+        counts = embed_manifests(manifests, load_embedder(model), out, self.config.embed,
                                  self.progress, self.engine.runner(stage))  # fmt: skip
         if counts["embedded"] == 0:
             raise ManifestError(f"{stage}: none of the {counts['failed']} images of "
                                 f"{[str(m) for m in manifests]} could be read (see the "
                                 "warnings above)")  # fmt: skip
         return counts
-
-
-@functools.cache
-def _embedder(spec: str) -> Embedder:
-    return load_embedder(spec)
 
 
 def crawl(b: Build) -> dict[str, Any]:

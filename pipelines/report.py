@@ -16,9 +16,9 @@ from typing import Any
 from PIL import Image
 
 from manifests.atomic import write_bytes_atomic
+from manifests.image_rows import ImageBytesReader, read_image_rows
 from manifests.parquet_io import read_manifest
 from manifests.schemas import DEDUP, LVD
-from training.data.dataset import ManifestImageDataset, read_image_rows
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,14 @@ class _Thumbs:
 
     def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
         self.rows = rows
-        self.reader = ManifestImageDataset([])
+        self.images = ImageBytesReader()
 
     def figure(self, id_: str, caption: str = "", css: str = "") -> str:
         row = self.rows.get(id_)
         img = ""
         if row is not None:
             try:
-                with Image.open(io.BytesIO(self.reader.read_bytes(row))) as image:
+                with Image.open(io.BytesIO(self.images.read(row))) as image:
                     image = image.convert("RGB")
                     image.thumbnail((THUMB, THUMB))
                     buf = io.BytesIO()

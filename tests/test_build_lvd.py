@@ -26,6 +26,7 @@ import yaml
 from manifests.config import ConfigError, load_config
 from manifests.embeddings import EmbeddingStore
 from manifests.errors import ManifestError
+from manifests.image_rows import read_image_rows
 from manifests.parquet_io import read_manifest, write_image_manifest
 from manifests.schemas import DEDUP, HASHES, LVD, POOL
 from pipelines import build_lvd as cli
@@ -34,7 +35,7 @@ from pipelines.curation_config import CurationConfig
 from pipelines.demo import demo_web
 from pipelines.engines.local import LocalEngine
 from pipelines.lvd_stages import STAGE_NAMES
-from training.data.dataset import ManifestImageDataset, read_image_rows
+from training.data.dataset import ManifestImageDataset
 
 N_PHOTOS = 96  # + their copies: enough for the PCA hash, several shards per stage
 

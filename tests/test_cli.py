@@ -116,15 +116,15 @@ def test_a_worker_process_imports_the_command_module_without_its_pipeline(comman
 
 
 def test_crawl_workers_preload_what_a_shard_needs_and_not_the_input_readers():
-    modules = _modules_after("import curation.crawl.worker_preload")
+    modules = _modules_after("import curation.worker_preload, curation.crawl.shard")
     assert {"curation.crawl.shard", "aiohttp", "cv2"} <= modules
     assert not {"curation.crawl.inputs", "warcio", "tqdm", "torch"} & modules
 
 
 _CHILDREN_AFTER_START = """
 import os, sys
-from curation.crawl.worker_server import start_worker_server
-start_worker_server({processes})
+from curation.local_runner import start_worker_server
+start_worker_server({processes}, "curation.crawl.shard")
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
         with open(f"/proc/{{pid}}/stat") as f:
@@ -150,5 +150,5 @@ def test_the_crawl_command_starts_the_workers_server_first_when_it_will_use_work
     children = [line for line in result.stdout.splitlines() if line.startswith("child:")]
     forkservers = [c for c in children if "multiprocessing.forkserver" in c]
     assert len(forkservers) == servers, result.stdout
-    assert all("curation.crawl.worker_preload" in c for c in forkservers)
+    assert all("curation.crawl.shard" in c for c in forkservers)
     assert "crawler imported here: False" in result.stdout

@@ -1,9 +1,9 @@
 """The crawl stage: download, process and commit the shards of a :class:`CrawlPlan`.
 
-:func:`run_crawl` plans the inputs, claims the output directory, and crawls the shards not
-yet committed: on this machine (:mod:`curation.crawl.local`) or as tasks of a
-:class:`~curation.tasks.ShardRunner` (:func:`~curation.crawl.shard.crawl_shard` each), so a
-killed run resumes where it stopped.
+:func:`run_crawl` plans the inputs, claims the output directory, and hands the shards not
+yet committed to a :class:`~curation.tasks.ShardRunner` (one
+:func:`~curation.crawl.shard.crawl_shard` task each), so a killed run resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -11,21 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import InputError, ResumeMismatchError
 from curation.crawl.fetch import Fetcher
-from curation.crawl.local import crawl_pending_shards
 from curation.crawl.plan import CrawlPlan, plan_crawl
 from curation.crawl.shard import crawl_shard
-from curation.crawl.shard_writer import CrawlOutput
+from curation.local_runner import local_processes, run_locally
 from curation.tasks import ShardRunner
 from manifests.atomic import write_bytes_atomic
+from manifests.crawl_output import CrawlOutput
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +63,11 @@ def run_crawl(
     out_dir: str | Path,
     config: CrawlConfig,
     progress: bool = True,
-    runner: ShardRunner | None = None,
+    runner: ShardRunner = run_locally,
 ) -> CrawlSummary:
     """Crawl every input URL into ``out_dir``; a rerun skips shards already complete.
-    With a ``runner``, each pending shard is one task of :func:`crawl_shard` (its fetch
-    limits then hold per task)."""
+    Each pending shard is one task of :func:`crawl_shard`; the fetch limits hold per
+    machine, split evenly over the ``config.processes`` that crawl on one machine at once."""
     started = time.perf_counter()
     Fetcher(config.fetch)  # refuses a bad network or a missing blocklist here, not in a worker
     plan = plan_crawl(inputs, config.url_column)
@@ -85,13 +83,11 @@ def run_crawl(
     done = output.complete_shards()
     pending = [i for i in range(len(shards)) if i not in done]
     todo = sum(len(shards[i]) for i in pending)
-    if runner is not None:
-        runner(crawl_shard, [(i, shards[i], config, str(output.root)) for i in pending],
-               desc="crawl")  # fmt: skip
-    else:
-        with tqdm(total=todo, unit="url", desc="crawl", disable=not progress,
-                  smoothing=0.1) as bar:  # fmt: skip
-            crawl_pending_shards(shards, pending, config, output.root, bar)
+    processes = min(local_processes(config.processes), max(len(pending), 1))
+    task_config = _split_limits(config, processes)
+    runner(crawl_shard, [(i, shards[i], task_config, str(output.root)) for i in pending],
+           desc="crawl", items=todo, unit="url", processes=processes,
+           progress=progress)  # fmt: skip
     all_stats = [output.shard_stats(i) for i in range(len(shards))]
     codes: dict[str, int] = {}
     for s in all_stats:
@@ -114,6 +110,18 @@ def run_crawl(
     stats_json = json.dumps(summary.to_json(), indent=1).encode()
     write_bytes_atomic(output.root / "stats.json", stats_json)
     return summary
+
+
+def _split_limits(config: CrawlConfig, processes: int) -> CrawlConfig:
+    fetch = config.fetch
+    return replace(
+        config,
+        fetch=replace(
+            fetch,
+            concurrency=max(1, fetch.concurrency // processes),
+            per_host_concurrency=max(1, fetch.per_host_concurrency // processes),
+        ),
+    )
 
 
 def _claim_output(root: Path, plan: CrawlPlan, config: CrawlConfig) -> None:

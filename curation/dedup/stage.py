@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from curation.dedup.copy_graph import (
     PAPER_COPY_SETTINGS,
@@ -34,14 +33,15 @@ from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes, int64_co
 from curation.dedup.policy import reasons, representatives
 from curation.dedup.union_find import UnionFind, components_of_equal_values
 from curation.dedup.verify import GeometricVerifier, accept_candidates
-from curation.tasks import ShardRunner
+from curation.local_runner import run_locally
+from curation.tasks import ItemCounter, ShardRunner
 from manifests.atomic import write_bytes_atomic
 from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.errors import ManifestError
+from manifests.image_rows import ImageBytesReader, ImageRow, read_image_rows, require_image_rows
 from manifests.job import claim_directory
 from manifests.parquet_io import ShardedParquet, pending_shards
 from manifests.schemas import DEDUP, HASHES
-from training.data.dataset import ManifestImageDataset, read_image_rows, require_image_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,20 @@ class DedupConfig:
     copy: CopyGraphConfig = field(default_factory=CopyGraphConfig)
 
 
-class _HashInputs(ManifestImageDataset):
+class _HashInputs:
     """Rows -> hash dicts (or an error), decoded in DataLoader worker processes."""
+
+    def __init__(self, rows: list[ImageRow]) -> None:
+        self.rows = rows
+        self.images = ImageBytesReader()
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
         try:
-            return {"ok": True, "error": None, **image_hashes(self.read_bytes(row))}
+            return {"ok": True, "error": None, **image_hashes(self.images.read(row))}
         except UnidentifiedImageError:  # its message holds a memory address: not stable
             return self._failed(row, "UnidentifiedImageError: not an image format Pillow reads")
         except Exception as exc:  # noqa: BLE001 - one bad image is a row, never fatal
@@ -81,10 +88,10 @@ def hash_pool(
     out: str | Path,
     config: DedupConfig,
     progress: bool = True,
-    runner: ShardRunner | None = None,
+    runner: ShardRunner = run_locally,
 ) -> ShardedParquet:
     """Write ``out/hashes/NNNNN.parquet`` (schema ``hashes/1``); complete shards are kept.
-    With a ``runner``, each pending shard is one task of :func:`hash_shard`."""
+    Each pending shard is one task of :func:`hash_shard`."""
     rows = require_image_rows(manifests)
     store = ShardedParquet(Path(out) / "hashes", HASHES)
     job = {"manifests": [str(m) for m in manifests], "rows": len(rows),
@@ -92,13 +99,8 @@ def hash_pool(
     claim_directory(store.root, job, bool(store.complete()), "hash.json")
     store.remove_partial()
     todo = pending_shards(rows, config.rows_per_shard, store.complete())
-    if runner is not None:
-        runner(hash_shard, [(i, chunk, str(store.root), config) for i, chunk in todo], desc="hash")
-        return store
-    with tqdm(total=sum(len(chunk) for _, chunk in todo), unit="img", desc="hash",
-              disable=not progress) as bar:  # fmt: skip
-        for index, chunk in todo:
-            hash_shard(index, chunk, store.root, config, bar.update)
+    runner(hash_shard, [(i, chunk, str(store.root), config) for i, chunk in todo], desc="hash",
+           items=sum(len(chunk) for _, chunk in todo), unit="img", progress=progress)  # fmt: skip
     return store
 
 
@@ -107,17 +109,17 @@ def hash_shard(
     rows: list[dict[str, Any]],
     root: str | Path,
     config: DedupConfig,
-    on_images: Callable[[int], Any] | None = None,
+    on_items: ItemCounter | None = None,
 ) -> None:
     """Hash the images of ``rows`` (as ``read_image_rows`` gives them) and commit shard
-    ``index`` of ``root``; ``on_images(n)`` is called as batches finish."""
+    ``index`` of ``root``; ``on_items(done, ok)`` is called as batches finish."""
     loader = DataLoader(_HashInputs(rows), batch_size=64, collate_fn=list,
                         num_workers=config.num_workers)  # fmt: skip
     hashed: list[dict[str, Any]] = []
     for batch in loader:
         hashed += batch
-        if on_images is not None:
-            on_images(len(batch))
+        if on_items is not None:
+            on_items(len(batch), sum(h["ok"] for h in batch))
     table = pa.Table.from_pylist(hashed, schema=HASHES.arrow.remove(0))
     table = table.add_column(0, "id", pa.array([r["id"] for r in rows]))
     ShardedParquet(root, HASHES).write(index, table)
@@ -157,8 +159,8 @@ def image_reader(manifests: list[str | Path], ids: list[str]) -> Callable[[int],
     if missing:
         raise ManifestError(f"{[str(m) for m in manifests]}: no image rows for {len(missing)} "
                             f"hashed ids, e.g. {missing[:3]}")  # fmt: skip
-    dataset = ManifestImageDataset([by_id[i] for i in ids])
-    return lambda row: dataset.read_bytes(dataset.rows[row])
+    rows, images = [by_id[i] for i in ids], ImageBytesReader()
+    return lambda row: images.read(rows[row])
 
 
 def deduplicate(
@@ -277,7 +279,7 @@ def run_dedup(
     evaluation: list[str | Path] = (),
     config: DedupConfig | None = None,
     progress: bool = True,
-    runner: ShardRunner | None = None,
+    runner: ShardRunner = run_locally,
 ) -> dict[str, Any]:
     """Hash the pool (resumable), then write ``out/dedup/NNNNN.parquet`` (one row per pool
     image, in manifest order, ``rows_per_shard`` per shard) and ``out/dedup_stats.json``."""

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from manifests.errors import ManifestError
+from manifests.image_rows import read_image_rows, row_location
 from manifests.image_shards import IMAGE_EXTENSIONS
-from training.data.dataset import read_image_rows, row_location
 
 IMAGE_SUFFIXES = {f".{ext.lower()}" for ext in IMAGE_EXTENSIONS}
 Row = dict[str, Any]

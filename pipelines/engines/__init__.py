@@ -1,9 +1,9 @@
 """Execution engines for ``pipelines.build_lvd``: where a stage's shard tasks run.
 
 Stage code (``curation/``) is engine-free: it hands a :class:`curation.tasks.ShardRunner`
-its shard tasks. An engine provides that runner (``None``: the stage's own local
-execution, with its progress bars) and runs a stage's global step (dedup, retrieval),
-which needs all of a stage's shards at once, where it should run.
+its shard tasks. An engine provides that runner (local: this machine's process pool) and
+runs a stage's global step (dedup, retrieval), which needs all of a stage's shards at
+once, where it should run.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ ENGINES = ("local", "ray", "beam")
 class Engine(Protocol):
     name: str
 
-    def runner(self, stage: str) -> ShardRunner | None:
-        """The runner for ``stage``'s shard tasks; None: the stage runs them itself."""
+    def runner(self, stage: str) -> ShardRunner:
+        """The runner for ``stage``'s shard tasks."""
 
     def call(self, fn: Callable[..., Any], *args: Any, gpus: float = 0.0) -> Any:
         """``fn(*args)`` where it should run (a step that needs all shards at once)."""

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from curation.local_runner import run_locally
 from curation.tasks import ShardRunner
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,22 @@ class BeamEngine:
 
         return FnApiRunner()
 
-    def runner(self, stage: str) -> ShardRunner | None:
-        return self.run_tasks if stage in BEAM_STAGES else None
+    def runner(self, stage: str) -> ShardRunner:
+        return self.run_tasks if stage in BEAM_STAGES else run_locally
 
     def run_tasks(
-        self, fn: Callable[..., Any], tasks: list[tuple], *, desc: str, gpus: float = 0.0
+        self,
+        fn: Callable[..., Any],
+        tasks: list[tuple],
+        *,
+        desc: str,
+        items: int | None = None,
+        unit: str = "item",
+        gpus: float = 0.0,
+        processes: int = 1,
+        progress: bool = True,
     ) -> None:
+        """One pipeline over the shard tasks, one element each (the runner parallelises)."""
         import apache_beam as beam
 
         if not tasks:

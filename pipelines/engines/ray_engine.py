@@ -36,15 +36,26 @@ class RayEngine:
     def _remote(self, fn: Callable[..., Any], gpus: float):
         return self._ray.remote(fn).options(num_cpus=1, num_gpus=gpus if self.has_gpus else 0)
 
-    def runner(self, stage: str) -> ShardRunner | None:
+    def runner(self, stage: str) -> ShardRunner:
         return self.run_tasks
 
     def run_tasks(
-        self, fn: Callable[..., Any], tasks: list[tuple], *, desc: str, gpus: float = 0.0
+        self,
+        fn: Callable[..., Any],
+        tasks: list[tuple],
+        *,
+        desc: str,
+        items: int | None = None,
+        unit: str = "item",
+        gpus: float = 0.0,
+        processes: int = 1,
+        progress: bool = True,
     ) -> None:
+        """One Ray task per shard task (``processes``: Ray schedules by CPUs and GPUs)."""
         remote = self._remote(fn, gpus)
         pending = [remote.remote(*task) for task in tasks]
-        with tqdm(total=len(pending), unit="shard", desc=f"{desc} (ray)") as bar:
+        with tqdm(total=len(pending), unit="shard", desc=f"{desc} (ray)",
+                  disable=not progress) as bar:  # fmt: skip
             while pending:
                 done, pending = self._ray.wait(pending, num_returns=1)
                 self._get(done)

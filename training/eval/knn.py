@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader
 from manifests.config import ConfigError
 from manifests.errors import ManifestError
 from training.data.dataset import ManifestImageDataset
-from training.data.transforms import center_crop_transform
 from training.models import VisionTransformer
 from training.models.loading import load_backbone
+from training.models.preprocess import center_crop_transform
 
 KS = (10, 20, 100, 200)
 

@@ -1,14 +1,16 @@
-"""Committing one crawled shard: the image tar, its stats, then the pool Parquet.
+"""The layout of a crawl directory, and committing one crawled shard into it.
 
-Images stream into the shard's tar (under a temporary name) as they are ready, so a
-shard never holds all its images in memory. The Parquet file is committed last; its
-presence is what marks the shard complete.
+``shards/NNNNN.tar`` (images), ``stats/NNNNN.json`` (per-shard stats) and
+``manifest/pool/NNNNN.parquet`` (one pool row per URL, schema ``pool/1``). A pool row of an
+image names its ``shard`` and ``key``; :meth:`CrawlOutput.of_pool_file` finds the shard's
+tar from the pool file that lists it. Images stream into the shard's tar (under a
+temporary name) as they are ready, so a shard never holds all its images in memory; the
+Parquet file is committed last, and its presence marks the shard complete.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from manifests.atomic import remove_temporaries, write_bytes_atomic
 from manifests.image_shards import ImageShardWriter, tar_shard_path
 from manifests.parquet_io import ShardedParquet, shard_stem
 from manifests.schemas import POOL
+
+POOL_DIR = ("manifest", "pool")
 
 
 @dataclass
@@ -39,13 +43,21 @@ class ShardStats:
 
 
 class CrawlOutput:
-    """The layout of a crawl directory: ``shards/``, ``manifest/pool/``, ``stats/``."""
+    """A crawl directory: ``shards/``, ``manifest/pool/``, ``stats/``."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.shards_dir = self.root / "shards"
         self.stats_dir = self.root / "stats"
-        self.pool = ShardedParquet(self.root / "manifest" / "pool", POOL)
+        self.pool = ShardedParquet(self.root.joinpath(*POOL_DIR), POOL)
+
+    @classmethod
+    def of_pool_file(cls, file: Path) -> CrawlOutput:
+        """The crawl whose pool manifest holds ``file`` (``<crawl>/manifest/pool/X.parquet``)."""
+        return cls(file.parent.parent.parent)
+
+    def tar_path(self, index: int) -> Path:
+        return tar_shard_path(self.shards_dir, index)
 
     def complete_shards(self) -> set[int]:
         return set(self.pool.complete())
@@ -60,7 +72,7 @@ class CrawlOutput:
         return ShardStats(**data)
 
     def image_writer(self, index: int) -> ImageShardWriter:
-        return ImageShardWriter(tar_shard_path(self.shards_dir, index))
+        return ImageShardWriter(self.tar_path(index))
 
     def commit(
         self,
@@ -78,13 +90,3 @@ class CrawlOutput:
         )
         table = pa.Table.from_pylist(rows, schema=POOL.arrow)
         self.pool.write(index, table, config)
-
-
-def sample_meta(row: dict[str, Any]) -> dict[str, Any]:
-    """What the tar's ``KEY.json`` holds beside each image."""
-    keys = ("id", "url", "page_url", "width", "height", "original_width", "original_height")
-    return {k: row[k] for k in (*keys, "sha256")}
-
-
-def count_codes(rows: list[dict[str, Any]]) -> dict[str, int]:
-    return dict(Counter(r["error_code"] for r in rows if r["error_code"] is not None))

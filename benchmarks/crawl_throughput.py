@@ -38,8 +38,8 @@ from pathlib import Path
 from curation.crawl.config import ProcessConfig
 from curation.crawl.process import init_worker, process_image
 from pipelines.apt import apt_install
-from pipelines.loopback_web import serve_in_process
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.demo.loopback_web import serve_in_process
+from pipelines.demo.synthetic_images import encode, make_photo
 
 MAX_SIDE = 512
 
@@ -229,7 +229,7 @@ def main() -> None:
         "--server",
         choices=("nginx", "aiohttp"),
         default="nginx",
-        help="the loopback web server; aiohttp is ours (pipelines.loopback_web)",
+        help="the loopback web server; aiohttp is ours (pipelines.demo.loopback_web)",
     )
     args = p.parse_args()
     if args.server == "nginx" and not shutil.which("nginx"):

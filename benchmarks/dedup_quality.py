@@ -3,7 +3,7 @@
 Real images shipped by Debian packages (opencv-doc examples, mate-backgrounds,
 tuxpaint-stamps-default; installed when missing and run as root) plus scikit-image's, each
 unique by content. A random subset are base images; each gets one edited copy per
-transform in :mod:`pipelines.near_duplicates`; the rest are distractors. For each method
+transform in :mod:`pipelines.demo.near_duplicates`; the rest are distractors. For each method
 (pHash, PCA hash, descriptor, and all combined as the dedup stage runs them) at the
 default thresholds: pair precision, recall and F1 over the predicted components, and
 recall per transform. Then throughput (hashing, embedding, images/s) and the kNN graph
@@ -40,8 +40,8 @@ from curation.dedup.stage import (
 from curation.dedup.union_find import UnionFind
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
 from manifests.embeddings import EmbeddingStore
-from pipelines.near_duplicates import TRANSFORMS, edited_copy
-from pipelines.photos import ensure_packages, real_photos
+from pipelines.demo.near_duplicates import TRANSFORMS, edited_copy
+from pipelines.demo.photos import ensure_packages, real_photos
 
 MAX_SIDE = 384  # images are stored at most this large, as a crawl with max_side would
 REPORTED_COPY_SETTINGS = (

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipelines.synthetic_images import make_photo
+from pipelines.demo.synthetic_images import make_photo
 
 METHODS = {
     "cv2_area": lambda a, im, size: cv2.resize(a, size, interpolation=cv2.INTER_AREA),

@@ -84,7 +84,7 @@ def _as_is_rows(plan: SeedSetPlan) -> list[dict[str, Any]]:
             for r in rows]  # fmt: skip
 
 
-def build_lvd(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
+def write_lvd_manifest(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
     """Write ``out/lvd/NNNNN.parquet`` and ``out/retrieval_stats.json``; returns the stats."""
     config.validate()
     pool_ids, pool, pool_rows = _candidate_pool(config.pool)

@@ -1,11 +1,14 @@
 """Dataclass configs from YAML files and ``dotted.key=value`` overrides, with clear errors.
 
 Every stage and the trainer configure themselves through this module; the configs they
-ran with are stamped into the manifests they write.
+ran with are stamped into the manifests they write. Every command takes its config the
+same way: ``--config FILE.yaml`` and any number of ``--set key=value``
+(:func:`add_config_arguments`, :func:`config_from_arguments`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -117,6 +120,22 @@ def load_config(
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data, str(path or cls.__name__))
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, what: str, required: bool = False
+) -> None:
+    """``--config YAML`` (``what`` it holds) and repeatable ``--set KEY=VALUE`` overrides."""
+    parser.add_argument("--config", metavar="YAML", required=required, help=what)
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        metavar="KEY=VALUE",
+                        help="override any config key, e.g. a.b=1 (repeatable)")  # fmt: skip
+
+
+def config_from_arguments(cls: type[T], args: argparse.Namespace, overrides: list[str] = ()) -> T:
+    """The config of :func:`add_config_arguments`' arguments; ``overrides`` (from a command's
+    shorthand flags) come before the ``--set`` ones, which win."""
+    return load_config(cls, args.config, [*overrides, *args.overrides])
 
 
 def _yaml11_float(value: str, where: str) -> float:

@@ -45,7 +45,7 @@ class EmbeddingStore:
 
     def claim(self, meta: dict[str, Any]) -> None:
         """Record the job writing here; refuse if complete shards of another job exist."""
-        claim_directory(self.root, meta, bool(self.complete()), META)
+        claim_directory(self.root, META, meta, bool(self.complete()))
 
     def complete(self) -> list[int]:
         return self.ids.complete()

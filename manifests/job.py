@@ -1,10 +1,12 @@
-"""A stage's output directory remembers which job wrote it, so a rerun resumes only the
-same job and a different one fails loudly instead of mixing outputs."""
+"""An output directory remembers which job wrote it, so a rerun resumes only the same job
+and a different one fails loudly instead of mixing outputs. Every resumable command (the
+crawl, the shard stages, embedding, training) claims its directory here."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +14,44 @@ from manifests.atomic import write_bytes_atomic
 from manifests.errors import ManifestError
 
 
+class ResumeMismatchError(ManifestError):
+    """The output directory holds output of another job: resuming would mix the two."""
+
+
 def claim_directory(
-    root: str | os.PathLike, job: dict[str, Any], has_output: bool, name: str
+    root: str | os.PathLike,
+    name: str,
+    job: dict[str, Any],
+    has_output: bool,
+    identity: Iterable[str] | None = None,
 ) -> None:
-    """Record ``job`` in ``root/name``; raise ManifestError if ``root`` already holds output
-    of a job that differs (the message lists the differing keys)."""
+    """Record ``job`` in ``root/name``. If ``root`` already holds output of a job that
+    differs in ``identity`` (top-level keys of the job; default: all of them), raise
+    ResumeMismatchError naming each differing setting as ``key: old -> new``."""
     path = Path(root) / name
     found = json.loads(path.read_text()) if path.exists() else None
-    if found is not None and has_output and found != job:
-        changed = sorted(k for k in set(job) | set(found) if found.get(k) != job.get(k))
-        raise ManifestError(
-            f"{root}: holds output of another job (differs in {changed}, see {path}); "
-            "use a new output directory"
-        )
+    job = json.loads(json.dumps(job, default=str))  # as it reads back: tuples are lists
+    if found is not None and has_output:
+        keys = list(identity) if identity is not None else sorted(set(job) | set(found))
+        changes = _changes({k: found.get(k) for k in keys}, {k: job.get(k) for k in keys})
+        if changes:
+            details = "; ".join(f"{k}: {_short(old)} -> {_short(new)}" for k, old, new in changes)
+            raise ResumeMismatchError(
+                f"{root}: holds output of another job (differs in {[k for k, _, _ in changes]}"
+                f": {details}; see {path}); to build from other inputs or settings, use a new "
+                "output directory"
+            )
     write_bytes_atomic(path, json.dumps(job, indent=1).encode())
+
+
+def _changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every leaf that differs between two JSON values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in sorted(set(old) | set(new))
+                for change in _changes(old.get(key), new.get(key), f"{prefix}{key}.")]  # fmt: skip
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -15,10 +15,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from curation.crawl.config import CrawlConfig
-from curation.crawl.errors import InputError, ResumeMismatchError
+from curation.crawl.errors import InputError
 from curation.local_runner import start_worker_server
-from manifests.config import ConfigError, load_config
-from pipelines.cli import run_cli
+from manifests.config import add_config_arguments, config_from_arguments
+from pipelines.cli import USER_ERRORS, run_cli
 
 if TYPE_CHECKING:
     from curation.crawl.crawler import CrawlSummary
@@ -55,14 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="URL lists (.txt .csv .tsv .jsonl .parquet), .html pages, .warc[.gz]",
     )
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--config", metavar="YAML", help="a CrawlConfig YAML file")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. fetch.max_bytes=1000000",
-    )
+    add_config_arguments(p, "a CrawlConfig YAML file", shorthands=_FLAG_KEYS)
     p.add_argument(
         "--allow-private-networks",
         action="store_true",
@@ -81,24 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="download despite X-Robots-Tag noai/noimageai/noindex/noimageindex",
     )
     p.add_argument("--no-progress", action="store_true")
-    for flag, key in _FLAG_KEYS.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, metavar="V", help=f"= {key}")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> CrawlConfig:
-    overrides = [
-        f"{key}={getattr(args, flag)}"
-        for flag, key in _FLAG_KEYS.items()
-        if getattr(args, flag) is not None
-    ]
+    overrides = []
     if args.allow_private_networks:
         overrides.append("fetch.allow_private_networks=true")
     if args.allow_network:
         overrides.append(f"fetch.allowed_networks=[{','.join(args.allow_network)}]")
     if args.ignore_robots_directives:
         overrides.append("fetch.disallowed_robots_directives=[]")
-    return load_config(CrawlConfig, args.config, overrides + args.set)
+    return config_from_arguments(CrawlConfig, args, overrides)
 
 
 def format_summary(s: CrawlSummary) -> str:
@@ -134,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return format_summary(run_crawl(args.urls, args.out, config, progress=not args.no_progress))
 
-    return run_cli(crawl, (ConfigError, InputError, ResumeMismatchError, FileNotFoundError))
+    return run_cli(crawl, (*USER_ERRORS, InputError))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import json
 import sys
 
 from curation.dedup.stage import DedupConfig, run_dedup
-from manifests.config import ConfigError, load_config
+from manifests.config import ConfigError, add_config_arguments, config_from_arguments
 from pipelines.cli import run_cli
 
 
@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", metavar="DIR", help="pool descriptors (pipelines.embed)")
     p.add_argument("--eval-embeddings", nargs="*", default=[], metavar="DIR",
                    help="descriptors of evaluation sets, same model as --embeddings")  # fmt: skip
-    p.add_argument("--config", metavar="YAML", help="a DedupConfig YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_config_arguments(p, "a DedupConfig YAML file")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     def dedup() -> str:
         if args.eval_embeddings and not args.embeddings:
             raise ConfigError("--eval-embeddings needs --embeddings (the pool's descriptors)")
-        config = load_config(DedupConfig, args.config, args.set)
+        config = config_from_arguments(DedupConfig, args)
         stats = run_dedup(args.manifest, args.out, args.embeddings, args.eval_embeddings, config,
                           progress=not args.no_progress)  # fmt: skip
         return json.dumps({"out": args.out, "funnel": stats["funnel"], "reasons": stats["reasons"]})

@@ -12,7 +12,12 @@ import json
 import sys
 
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
+from manifests.config import add_config_arguments, config_from_arguments
 from pipelines.cli import run_cli
+
+# flag -> config key; each flag is a shorthand for --set KEY=VALUE
+_FLAG_KEYS = {"rows_per_shard": "rows_per_shard", "batch_size": "batch_size",
+              "workers": "num_workers", "device": "device"}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,20 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="efficientnet_lite0 | vit:RUN_DIR | ARCH/PATCH:WEIGHTS.pth | "
                         "torchscript:PATH[@SIZE]")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR")
-    defaults = EmbedConfig()
-    p.add_argument("--rows-per-shard", type=int, default=defaults.rows_per_shard)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--workers", type=int, default=defaults.num_workers)
-    p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1, ...")
+    add_config_arguments(p, "an EmbedConfig YAML file", shorthands=_FLAG_KEYS)
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = EmbedConfig(args.rows_per_shard, args.batch_size, args.workers, args.device)
 
     def embed() -> str:
+        config = config_from_arguments(EmbedConfig, args)
         embedder = load_embedder(args.model)
         counts = embed_manifests(args.manifest, embedder, args.out, config, not args.no_progress)
         return json.dumps({"model": embedder.spec, "dim": embedder.dim, "out": args.out, **counts})

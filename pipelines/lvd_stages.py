@@ -16,44 +16,27 @@ from typing import Any
 import pyarrow.compute as pc
 
 from curation.crawl.crawler import run_crawl
-from curation.dedup.stage import run_dedup, write_dedup
+from curation.dedup.stage import hash_pool, write_dedup
 from curation.embed import embed_manifests, load_embedder
-from curation.lvd_manifest import PoolInputs, RetrievalConfig, build_lvd
+from curation.lvd_manifest import PoolInputs, RetrievalConfig, write_lvd_manifest
 from curation.seeds.registry import write_seed_manifest
 from manifests.errors import ManifestError
 from manifests.image_rows import read_image_rows, row_location
 from manifests.parquet_io import ShardedParquet, read_manifest, write_image_manifest
 from manifests.schemas import DEDUP, HASHES
+from pipelines.build_layout import BuildLayout
 from pipelines.curation_config import CurationConfig
 from pipelines.engines import Engine
 from pipelines.report import write_report
 
 
-@dataclass
-class Build:
+@dataclass(frozen=True)
+class Build(BuildLayout):
     """One build directory, its recipe and the engine that runs it."""
 
-    out: Path
     config: CurationConfig
     engine: Engine
     progress: bool = True
-
-    def dir(self, stage: str) -> Path:
-        return self.out / stage
-
-    @property
-    def pool_manifest(self) -> Path:
-        return self.dir("crawl") / "manifest" / "pool"
-
-    @property
-    def kept_manifest(self) -> Path:  # hash-group representatives: what embed_pool embeds
-        return self.dir("hash") / "kept.parquet"
-
-    def seed_manifest(self, name: str) -> Path:
-        return self.dir("embed_seeds") / "manifests" / f"{name}.parquet"
-
-    def seed_embeddings(self, name: str) -> Path:
-        return self.dir("embed_seeds") / name
 
     @property
     def copy_model(self) -> str:
@@ -80,17 +63,20 @@ def crawl(b: Build) -> dict[str, Any]:
 
 
 def hash_(b: Build) -> dict[str, Any]:
-    stats = run_dedup([b.pool_manifest], b.dir("hash"), config=b.config.dedup,
-                      progress=b.progress, runner=b.engine.runner("hash"))  # fmt: skip
-    kept = set(_kept_ids(b.dir("hash")))
+    """Hashes of the pool, and its near-exact groups (no descriptors yet): their
+    representatives are what embed_pool embeds."""
+    hashes = hash_pool([b.pool_manifest], b.dir("hash"), b.config.dedup, b.progress,
+                       b.engine.runner("hash")).read()  # fmt: skip
+    stats = write_dedup(hashes, [b.pool_manifest], b.dir("hash"), config=b.config.dedup)
+    kept = set(_kept_ids(b.hash_groups))
     rows = [{"id": r["id"], **row_location(r)} for r in read_image_rows([b.pool_manifest])
             if r["id"] in kept]  # fmt: skip
     write_image_manifest(rows, b.kept_manifest)
     return {"funnel": stats["funnel"], "kept": len(rows)}
 
 
-def _kept_ids(dedup_dir: Path) -> list[str]:
-    table = read_manifest([dedup_dir / "dedup"], DEDUP, ["id", "keep"])
+def _kept_ids(dedup_manifest: Path) -> list[str]:
+    table = read_manifest([dedup_manifest], DEDUP, ["id", "keep"])
     return table.filter(pc.field("keep")).column("id").to_pylist()
 
 
@@ -104,10 +90,10 @@ def embed_pool(b: Build) -> dict[str, Any]:
 def dedup(b: Build) -> dict[str, Any]:
     evaluation = []
     for name in b.config.evaluation_sets:
-        manifest, _ = write_seed_manifest(name, b.config.seeds, b.dir("dedup") / "eval_manifests")
-        evaluation.append(str(b.dir("dedup") / "eval" / name))
+        manifest, _ = write_seed_manifest(name, b.config.seeds, b.eval_manifests)
+        evaluation.append(str(b.eval_embeddings(name)))
         b.embed([manifest], Path(evaluation[-1]), b.copy_model, "dedup")
-    hashes, pool = str(b.dir("hash") / "hashes"), str(b.pool_embeddings(b.copy_model))
+    hashes, pool = str(b.hashes), str(b.pool_embeddings(b.copy_model))
     stats = b.engine.call(_copy_dedup, hashes, [str(b.pool_manifest)], str(b.dir("dedup")), pool,
                           evaluation, b.config.dedup, gpus=1.0)  # fmt: skip
     return {"funnel": stats["funnel"], "reasons": stats["reasons"]}
@@ -124,7 +110,7 @@ def embed_seeds(b: Build) -> dict[str, Any]:
     plans = b.config.seed_sets
     summary = {}
     for name in dict.fromkeys(p.name for p in plans):
-        manifest, count = write_seed_manifest(name, b.config.seeds, b.seed_manifest(name).parent)
+        manifest, count = write_seed_manifest(name, b.config.seeds, b.seed_manifests)
         summary[name] = {"images": count}
         if any(p.method != "as_is" for p in plans if p.name == name):
             summary[name] |= b.embed([manifest], b.seed_embeddings(name), b.config.model,
@@ -140,11 +126,11 @@ def retrieve(b: Build) -> dict[str, Any]:
     embeddings = str(b.pool_embeddings(b.config.model))
     pool = PoolInputs([str(b.pool_manifest)], embeddings, str(b.dir("dedup")))
     config = RetrievalConfig(pool, plans, c.kmeans, c.search, c.rows_per_shard, c.seed)
-    return b.engine.call(build_lvd, config, str(b.dir("retrieve")), gpus=1.0)
+    return b.engine.call(write_lvd_manifest, config, str(b.dir("retrieve")), gpus=1.0)
 
 
 def report(b: Build) -> dict[str, Any]:
-    return {"report": str(write_report(b.out))}
+    return {"report": str(write_report(b))}
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from manifests.atomic import write_bytes_atomic
 from manifests.image_rows import ImageBytesReader, read_image_rows
 from manifests.parquet_io import read_manifest
 from manifests.schemas import DEDUP, LVD
+from pipelines.build_layout import BuildLayout
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _funnel(out: Path) -> str:
-    crawl = _json(out / "crawl" / "stats.json")
-    dedup = _json(out / "dedup" / "dedup_stats.json").get("funnel", {})
-    curated = _json(out / "retrieve" / "retrieval_stats.json").get("images")
+def _funnel(build: BuildLayout) -> str:
+    crawl = _json(build.crawl_stats)
+    dedup = _json(build.dedup_stats).get("funnel", {})
+    curated = _json(build.retrieval_stats).get("images")
     steps = [("URLs", crawl.get("urls")), ("downloaded", crawl.get("ok")),
              ("after exact dedup", dedup.get("after_exact")),
              ("after hash dedup", dedup.get("after_hash")),
@@ -98,15 +99,15 @@ def _funnel(out: Path) -> str:
     return _table(["step", "images", ""], rows) + "<h3>Failed downloads</h3>" + failed
 
 
-def _table15(out: Path) -> str:
-    stats = _json(out / "retrieve" / "retrieval_stats.json").get("seed_sets", [])
+def _table15(build: BuildLayout) -> str:
+    stats = _json(build.retrieval_stats).get("seed_sets", [])
     rows = [[html.escape(s["seed_set"]), s["method"], f"{s['seed_images']:,}",
              f"{s['retrieved']:,}", f"{s['after_cap']:,}"] for s in stats]  # fmt: skip
     return _table(["seed set", "method", "seed images", "retrieved", "after cap"], rows)
 
 
-def _duplicate_groups(out: Path, thumbs: _Thumbs) -> str:
-    files = out / "dedup" / "dedup"
+def _duplicate_groups(build: BuildLayout, thumbs: _Thumbs) -> str:
+    files = build.dedup_manifest
     if not files.is_dir():
         return "<p>No dedup output.</p>"
     table = read_manifest([files], DEDUP, ["id", "copy_component", "keep", "reason"]).to_pylist()
@@ -123,8 +124,8 @@ def _duplicate_groups(out: Path, thumbs: _Thumbs) -> str:
     return "".join(parts) or "<p>No duplicate groups.</p>"
 
 
-def _lvd_rows(out: Path) -> list[dict[str, Any]]:
-    files = out / "retrieve" / "lvd"
+def _lvd_rows(build: BuildLayout) -> list[dict[str, Any]]:
+    files = build.lvd_manifest
     return read_manifest([files], LVD).to_pylist() if files.is_dir() else []
 
 
@@ -155,25 +156,23 @@ def _retrieval_examples(lvd: list[dict[str, Any]], thumbs: _Thumbs) -> str:
     return "".join(parts) or "<p>No seed set used the sample method.</p>"
 
 
-def write_report(out: str | Path) -> Path:
-    """Write ``out/report.html`` from the stage outputs under ``out``; returns its path."""
-    out = Path(out)
-    seed_manifests = sorted((out / "embed_seeds" / "manifests").glob("*.parquet"))
-    thumbs = _Thumbs(_rows_by_id([out / "crawl" / "manifest" / "pool", *seed_manifests]))
-    lvd = _lvd_rows(out)
+def write_report(build: BuildLayout) -> Path:
+    """Write the build's report page from its stage outputs; returns its path."""
+    seed_manifests = sorted(build.seed_manifests.glob("*.parquet"))
+    thumbs = _Thumbs(_rows_by_id([build.pool_manifest, *seed_manifests]))
+    lvd = _lvd_rows(build)
     sections = [
-        ("Funnel", _funnel(out)),
-        ("Seed sets (as the paper's Table 15)", _table15(out)),
-        ("Duplicate groups (green: the image kept)", _duplicate_groups(out, thumbs)),
+        ("Funnel", _funnel(build)),
+        ("Seed sets (as the paper's Table 15)", _table15(build)),
+        ("Duplicate groups (green: the image kept)", _duplicate_groups(build, thumbs)),
         ("Sample clusters", _clusters(lvd, thumbs)),
         ("Retrieval examples (orange: the seed image; captions: cosine)",
          _retrieval_examples(lvd, thumbs)),
     ]  # fmt: skip
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
-    name = html.escape(str(out))
+    name = html.escape(str(build.out))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>LVD build: {name}"
             f"</title><style>{STYLE}</style></head><body><h1>LVD build <code>{name}</code>"
             f"</h1>{body}</body></html>")  # fmt: skip
-    path = out / "report.html"
-    write_bytes_atomic(path, page.encode())
-    return path
+    write_bytes_atomic(build.report, page.encode())
+    return build.report

@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from curation.lvd_manifest import RetrievalConfig, build_lvd
-from manifests.config import load_config
+from curation.lvd_manifest import RetrievalConfig, write_lvd_manifest
+from manifests.config import add_config_arguments, config_from_arguments
 from pipelines.cli import run_cli
 
 
@@ -21,9 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipelines.retrieve", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--config", required=True, metavar="YAML")
+    add_config_arguments(p, "a RetrievalConfig YAML file", required=True)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     return p
 
 
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def retrieve() -> str:
-        stats = build_lvd(load_config(RetrievalConfig, args.config, args.set), args.out)
+        stats = write_lvd_manifest(config_from_arguments(RetrievalConfig, args), args.out)
         return json.dumps(stats)
 
     return run_cli(retrieve)

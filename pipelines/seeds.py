@@ -13,7 +13,7 @@ import json
 import sys
 
 from curation.seeds.registry import SeedSetsConfig, write_seed_manifest
-from manifests.config import ConfigError, load_config
+from manifests.config import ConfigError, add_config_arguments, config_from_arguments
 from pipelines.cli import run_cli
 
 
@@ -23,9 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed-sets", required=True, help="comma-separated names")
     p.add_argument("--seed-root", action="append", default=[], metavar="NAME=PATH")
-    p.add_argument(
-        "--config", metavar="YAML", help="roots: {name: path}, adapters: {name: adapter}"
-    )
+    add_config_arguments(p, "roots: {name: path}, adapters: {name: adapter}")
     p.add_argument("--out", required=True, metavar="DIR")
     return p
 
@@ -34,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def seeds() -> str:
-        config = load_config(SeedSetsConfig, args.config)
+        config = config_from_arguments(SeedSetsConfig, args)
         for item in args.seed_root:
             name, sep, root = item.partition("=")
             if not sep:

@@ -5,7 +5,7 @@ import pytest
 
 from builders import small_crawl_config
 from curation.crawl.config import CrawlConfig
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.demo.synthetic_images import encode, make_photo
 
 
 @pytest.fixture

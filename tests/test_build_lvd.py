@@ -32,7 +32,7 @@ from manifests.schemas import DEDUP, HASHES, LVD, POOL
 from pipelines import build_lvd as cli
 from pipelines.build import MissingStageError, run_build
 from pipelines.curation_config import CurationConfig
-from pipelines.demo import demo_web
+from pipelines.demo.run import demo_web
 from pipelines.engines.local import LocalEngine
 from pipelines.lvd_stages import STAGE_NAMES
 from training.data.dataset import ManifestImageDataset

@@ -19,8 +19,8 @@ from curation.crawl.urls import normalize_url
 from manifests.image_shards import ImageShardReader, tar_shard_path
 from manifests.parquet_io import read_manifest
 from manifests.schemas import POOL
-from pipelines.loopback_web import LoopbackWeb, Route
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.demo.loopback_web import LoopbackWeb, Route
+from pipelines.demo.synthetic_images import encode, make_photo
 
 PHOTO = make_photo(1)
 FULL = encode(PHOTO)

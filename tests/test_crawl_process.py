@@ -15,7 +15,7 @@ from builders import jpeg_with_orientation, png_declaring
 from curation.crawl.config import ProcessConfig
 from curation.crawl.errors import CrawlError, ErrorCode
 from curation.crawl.process import process_image
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.demo.synthetic_images import encode, make_photo
 
 
 def _decode(data: bytes) -> np.ndarray:

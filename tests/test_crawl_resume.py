@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from curation.crawl.crawler import run_crawl
-from curation.crawl.errors import ResumeMismatchError
 from manifests.image_shards import iter_samples, tar_shard_path
+from manifests.job import ResumeMismatchError
 from manifests.parquet_io import read_manifest
 from manifests.schemas import POOL
-from pipelines.loopback_web import LoopbackWeb, Route
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.demo.loopback_web import LoopbackWeb, Route
+from pipelines.demo.synthetic_images import encode, make_photo
 
 N_URLS = 240
 SHARD = 20

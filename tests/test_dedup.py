@@ -31,8 +31,8 @@ from manifests.errors import ManifestError
 from manifests.parquet_io import ShardedParquet
 from manifests.schemas import HASHES
 from pipelines import dedup as dedup_cli
-from pipelines.near_duplicates import edited_copy
-from pipelines.synthetic_images import make_photo
+from pipelines.demo.near_duplicates import edited_copy
+from pipelines.demo.synthetic_images import make_photo
 
 BASES = ("astronaut", "camera", "chelsea", "coffee", "horse", "rocket", "moon", "coins")
 SINGLES = ("brick", "grass", "text", "page", "logo", "retina", "hubble_deep_field", "cell")

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import torch.multiprocessing as mp
 
 from manifests.config import load_config
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.demo.synthetic_images import encode, make_photo
 from training import train as trainer
 from training.config import TrainConfig
 

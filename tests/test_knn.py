@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.synthetic_images import encode
+from pipelines.demo.synthetic_images import encode
 from training.eval import knn
 from training.models import build_vit
 from training.models.loading import load_backbone

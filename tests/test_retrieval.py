@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.index import KMeansConfig, SearchConfig, build_search_index, kmeans, search
-from curation.lvd_manifest import PoolInputs, RetrievalConfig, build_lvd
+from curation.lvd_manifest import PoolInputs, RetrievalConfig, write_lvd_manifest
 from curation.retrieval import Candidates, SeedSetPlan, merge_provenance
 from manifests.config import ConfigError, load_config
 from manifests.embeddings import EmbeddingStore
@@ -19,7 +19,7 @@ from manifests.errors import ManifestError
 from manifests.parquet_io import read_manifest
 from manifests.schemas import DEDUP, LVD
 from pipelines import retrieve as retrieve_cli
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.demo.synthetic_images import encode, make_photo
 from training.data.dataset import ManifestImageDataset
 
 DIM, CLUSTERS, PER_CLUSTER = 16, 8, 50
@@ -103,7 +103,7 @@ def test_three_strategies_dedup_filter_merged_provenance_and_a_trainable_manifes
         ],
         kmeans=KMeansConfig(k=CLUSTERS, niter=25, nredo=10),
     )  # fmt: skip
-    stats = build_lvd(config, world["root"] / "out")
+    stats = write_lvd_manifest(config, world["root"] / "out")
     table = read_manifest([world["root"] / "out" / "lvd"], LVD)
     rows = {r["id"]: r for r in table.to_pylist()}
     assert len(rows) == table.num_rows  # one row per image
@@ -137,14 +137,14 @@ def test_seed_sets_of_another_model_and_bad_configs_are_refused(world, tmp_path)
     other = SeedSetPlan("other", _embeddings(tmp_path / "o", ["o0"], world["vectors"][:1],
                                              model="vit:run"))  # fmt: skip
     with pytest.raises(ManifestError, match="embedded with 'vit:run'"):
-        build_lvd(RetrievalConfig(pool=world["pool"], seed_sets=[other]), tmp_path / "out")
+        write_lvd_manifest(RetrievalConfig(pool=world["pool"], seed_sets=[other]), tmp_path / "out")
     path = tmp_path / "r.yaml"
     path.write_text("pool: {manifest: [p], embeddings: e}\nseed_sets:\n"
                     "  - {name: a, embeddings: x, method: nearest}\n")  # fmt: skip
     config = load_config(RetrievalConfig, path)
     assert config.seed_sets[0].name == "a"  # lists of sections load as dataclasses
     with pytest.raises(Exception, match="method 'nearest' not in"):
-        build_lvd(config, tmp_path / "out")
+        write_lvd_manifest(config, tmp_path / "out")
 
 
 def test_paper_k_per_seed_set():
@@ -178,7 +178,7 @@ def test_retrieve_cli_from_a_yaml_config(world, tmp_path, capsys):
 )  # fmt: skip
 def test_incomplete_retrieval_configs_are_refused(config, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        build_lvd(config, tmp_path)
+        write_lvd_manifest(config, tmp_path)
 
 
 def test_merged_provenance_lists_seed_sets_in_the_recipes_order_every_time():

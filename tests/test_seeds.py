@@ -15,7 +15,7 @@ from curation.seeds.registry import SeedSetsConfig, resolve
 from manifests.config import ConfigError
 from manifests.errors import ManifestError
 from pipelines import seeds as cli
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.demo.synthetic_images import encode, make_photo
 from training.data.dataset import ManifestImageDataset
 
 

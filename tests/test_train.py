@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from manifests.config import load_config
-from pipelines.synthetic_images import encode, make_photo
+from manifests.job import ResumeMismatchError
+from pipelines.demo.synthetic_images import encode, make_photo
 from training import train as trainer
 from training.config import TrainConfig
 
@@ -108,7 +109,7 @@ def test_time_budget_stops_with_a_checkpoint_and_another_model_cannot_resume(man
     assert (tmp_path / "run" / "checkpoints" / "step_0000001").is_dir()
 
     other = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES + ["model.depth=2"])
-    with pytest.raises(trainer.ResumeMismatchError, match=r"model\.depth: 0 -> 2"):
+    with pytest.raises(ResumeMismatchError, match=r"model\.depth: 0 -> 2"):
         trainer.train(other, [str(manifest)], tmp_path / "run", progress=False)
     longer = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES)
     resumed = trainer.train(longer, [str(manifest)], tmp_path / "run", progress=False)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from manifests.errors import ManifestError
 from manifests.image_shards import ImageShardWriter
-from pipelines.synthetic_images import encode, make_photo
+from pipelines.demo.synthetic_images import encode, make_photo
 from training.data.augmentations import MultiCropAugmentation, MultiCropConfig
 from training.data.collate import MultiCropCollate
 from training.data.dataset import ManifestImageDataset

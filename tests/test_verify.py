@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from builders import jpeg_bytes, skimage_photos
 from curation.dedup.copy_graph import CopyGraphConfig
 from curation.dedup.verify import INCONCLUSIVE, Fit, GeometricVerifier, accept_candidates
-from pipelines.near_duplicates import edited_copy
+from pipelines.demo.near_duplicates import edited_copy
 
 CRITERIA = CopyGraphConfig().criteria  # the stage's defaults
 

@@ -1,5 +1,5 @@
 """Train DINOv2 from a manifest: ``python -m training.train --config CONFIG --manifest PATH
---output-dir DIR [key=value ...]``.
+--output-dir DIR [--set key=value ...]`` (a bare ``key=value`` is the same as ``--set``).
 
 A plain loop: schedules looked up per iteration, one student/teacher step, gradient
 clipping, AdamW, EMA teacher update, JSON-lines metrics, DCP checkpoints. Rerunning the
@@ -26,8 +26,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from manifests.config import ConfigError, load_config
+from manifests.config import ConfigError, add_config_arguments, config_from_arguments
 from manifests.errors import ManifestError
+from manifests.job import claim_directory
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data.augmentations import MultiCropAugmentation
@@ -50,28 +51,13 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training cannot continue from this state."""
 
 
-class ResumeMismatchError(RuntimeError):
-    """The output directory holds checkpoints of another model or crop recipe."""
-
-
-def check_resumable(out: Path, config: TrainConfig) -> None:
-    """A run directory resumes only its own run: model and crops must be unchanged (other
-    keys, such as the schedule length or the time budget, may change on resume)."""
-    saved = out / "config.json"
-    if not saved.exists() or latest_checkpoint(out / "checkpoints") is None:
-        return
-    old, new = json.loads(saved.read_text()), json.loads(json.dumps(asdict(config)))
-    changed = [
-        f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
-        for section in ("model", "crops")
-        for key, value in new[section].items()
-        if old.get(section, {}).get(key) != value
-    ]
-    if changed:
-        raise ResumeMismatchError(
-            f"{out} holds checkpoints of another run ({'; '.join(changed)}); "
-            "use a new --output-dir, or the config that run used"
-        )
+def claim_run_directory(out: Path, config: TrainConfig) -> None:
+    """Record the run's config in ``out/config.json``. A run directory resumes only its own
+    run: model and crops must be unchanged (other keys, such as the schedule length or the
+    time budget, may change on resume)."""
+    has_checkpoint = latest_checkpoint(out / "checkpoints") is not None
+    claim_directory(out, "config.json", asdict(config), has_checkpoint,
+                    identity=("model", "crops"))  # fmt: skip
 
 
 @dataclass
@@ -172,9 +158,7 @@ def train(
     d = init_distributed()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_resumable(out, config)
-    if d.is_main:
-        (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    claim_run_directory(out, config)
     model, optimizer = build_model(config, d)
     schedules = Schedules.build(config, global_batch=config.data.batch_size * d.world_size)
     checkpoints = out / "checkpoints"
@@ -277,19 +261,20 @@ def _check_finite(terms: dict[str, torch.Tensor], it: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
-    p.add_argument("--config", required=True, metavar="YAML")
+    add_config_arguments(p, "a training recipe (configs/train/)", required=True)
     p.add_argument("--manifest", required=True, nargs="+", metavar="PATH")
     p.add_argument("--output-dir", required=True, metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("positional_overrides", nargs="*", metavar="KEY=VALUE",
+                   help="the same as --set KEY=VALUE")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        config = load_config(TrainConfig, args.config, args.overrides)
+        config = config_from_arguments(TrainConfig, args, args.positional_overrides)
         metrics = train(config, args.manifest, args.output_dir, progress=not args.no_progress)
-    except (ConfigError, ManifestError, NonFiniteLossError, ResumeMismatchError) as exc:
+    except (ConfigError, ManifestError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(metrics))

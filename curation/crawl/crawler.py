@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.crawl.config import CrawlConfig
-from curation.crawl.errors import InputError, ResumeMismatchError
+from curation.crawl.errors import InputError
 from curation.crawl.fetch import Fetcher
 from curation.crawl.plan import CrawlPlan, plan_crawl
 from curation.crawl.shard import crawl_shard
@@ -24,6 +24,7 @@ from curation.local_runner import local_processes, run_locally
 from curation.tasks import ShardRunner
 from manifests.atomic import write_bytes_atomic
 from manifests.crawl_output import CrawlOutput
+from manifests.job import claim_directory
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def run_crawl(
         raise InputError(f"{[str(i) for i in inputs]}: no URLs in the inputs "
                          f"({len(plan.problems)} unusable records)")  # fmt: skip
     output = CrawlOutput(out_dir)
-    _claim_output(output.root, plan, config)
+    _claim_output(output, plan, config)
     output.remove_partial()
     shards = plan.shards(config.shard_size)
     done = output.complete_shards()
@@ -124,17 +125,9 @@ def _split_limits(config: CrawlConfig, processes: int) -> CrawlConfig:
     )
 
 
-def _claim_output(root: Path, plan: CrawlPlan, config: CrawlConfig) -> None:
+def _claim_output(output: CrawlOutput, plan: CrawlPlan, config: CrawlConfig) -> None:
     """Record what this directory is a crawl of; refuse to resume a different crawl into it."""
-    identity = {"plan": plan.fingerprint(), "urls": len(plan.rows), "shard_size": config.shard_size}
-    run_file = root / RUN_FILE
-    if run_file.exists():
-        previous = json.loads(run_file.read_text())
-        if previous.get("identity") != identity:
-            raise ResumeMismatchError(
-                f"{root} holds a crawl of other inputs or shard size ({run_file}: "
-                f"{previous.get('identity')} vs now {identity}); use a new --out directory"
-            )
-    root.mkdir(parents=True, exist_ok=True)
-    record = {"identity": identity, "config": asdict(config)}
-    write_bytes_atomic(run_file, json.dumps(record, indent=1, default=str).encode())
+    job = {"plan": plan.fingerprint(), "urls": len(plan.rows), "shard_size": config.shard_size,
+           "config": asdict(config)}  # fmt: skip
+    claim_directory(output.root, RUN_FILE, job, bool(output.complete_shards()),
+                    identity=("plan", "urls", "shard_size"))  # fmt: skip

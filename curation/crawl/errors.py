@@ -1,5 +1,5 @@
 """What goes wrong in a crawl: the closed set of error codes a pool row can carry and the
-exception that carries one; and the errors that stop a crawl before it starts."""
+exception that carries one; and the error that stops a crawl before it starts."""
 
 from __future__ import annotations
 
@@ -46,7 +46,3 @@ class CrawlError(Exception):
 
 class InputError(ValueError):
     """An input file that cannot be read as what its name says."""
-
-
-class ResumeMismatchError(RuntimeError):
-    """The output directory holds a crawl of different inputs or shard size."""

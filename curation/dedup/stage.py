@@ -96,7 +96,7 @@ def hash_pool(
     store = ShardedParquet(Path(out) / "hashes", HASHES)
     job = {"manifests": [str(m) for m in manifests], "rows": len(rows),
            "rows_per_shard": config.rows_per_shard}  # fmt: skip
-    claim_directory(store.root, job, bool(store.complete()), "hash.json")
+    claim_directory(store.root, "hash.json", job, bool(store.complete()))
     store.remove_partial()
     todo = pending_shards(rows, config.rows_per_shard, store.complete())
     runner(hash_shard, [(i, chunk, str(store.root), config) for i, chunk in todo], desc="hash",

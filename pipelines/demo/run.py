@@ -22,12 +22,13 @@ from warcio.warcwriter import WARCWriter
 
 from manifests.config import load_config
 from pipelines.build import format_results, run_build
+from pipelines.build_layout import BuildLayout
 from pipelines.curation_config import CurationConfig
+from pipelines.demo.loopback_web import LoopbackWeb, Route
+from pipelines.demo.near_duplicates import edited_copy
+from pipelines.demo.photos import real_photos
+from pipelines.demo.synthetic_images import make_photo
 from pipelines.engines import make_engine
-from pipelines.loopback_web import LoopbackWeb, Route
-from pipelines.near_duplicates import edited_copy
-from pipelines.photos import real_photos
-from pipelines.synthetic_images import make_photo
 from training.config import TrainConfig
 from training.train import train
 
@@ -165,16 +166,16 @@ def run_demo(out: Path, engine_name: str = "local", progress: bool = True) -> st
     shutil.rmtree(out, ignore_errors=True)  # the web's port changes, so URLs do too
     out.mkdir(parents=True)
     (out / MARKER).touch()
+    build = BuildLayout(out / "build")
     engine = make_engine(engine_name)
     try:
         with demo_web(out / "inputs") as config:
-            results = run_build(out / "build", config, engine, progress=progress)
+            results = run_build(build.out, config, engine, progress=progress)
     finally:
         engine.close()
-    lvd = out / "build" / "retrieve" / "lvd"
     steps = ["epochs=1", "iters_per_epoch=4", "log_every=2", "data.batch_size=8"]
     train_config = load_config(TrainConfig, TRAIN_CONFIG, steps)
-    metrics = train(train_config, [lvd], out / "train", progress=progress)
-    return (format_results(out / "build", results)
+    metrics = train(train_config, [build.lvd_manifest], out / "train", progress=progress)
+    return (format_results(build, results)
             + f"\n  trained {metrics.get('iteration')} steps of {TRAIN_CONFIG.name} on the LVD "
             f"manifest: loss {metrics.get('loss')} -> {out / 'train'}")  # fmt: skip

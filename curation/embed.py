@@ -196,7 +196,7 @@ def embed_shard(
     ``out``; ``on_items(done, ok)`` is called as batches finish."""
     embedder = load_embedder(spec)
     device = _device(config.device)
-    model = embedder.model.to(device, memory_format=torch.channels_last)  # 1.5x for convnets
+    model = embedder.model.to(device, memory_format=torch.channels_last)  # faster for convnets
     vectors, ok = _embed_rows(rows, embedder, model, device, config, on_items)
     EmbeddingStore(out).write(index, [r["id"] for r in rows], ok, vectors)
 

@@ -123,19 +123,30 @@ def load_config(
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, what: str, required: bool = False
+    parser: argparse.ArgumentParser,
+    what: str,
+    required: bool = False,
+    shorthands: dict[str, str] | None = None,
 ) -> None:
-    """``--config YAML`` (``what`` it holds) and repeatable ``--set KEY=VALUE`` overrides."""
+    """``--config YAML`` (``what`` it holds), repeatable ``--set KEY=VALUE`` overrides, and
+    ``shorthands``: flags (``{"max_side": "process.max_side"}`` is ``--max-side V``) that
+    each stand for ``--set KEY=V``."""
     parser.add_argument("--config", metavar="YAML", required=required, help=what)
     parser.add_argument("--set", action="append", default=[], dest="overrides",
                         metavar="KEY=VALUE",
                         help="override any config key, e.g. a.b=1 (repeatable)")  # fmt: skip
+    for flag, key in (shorthands or {}).items():
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, metavar="V",
+                            help=f"= --set {key}=V")  # fmt: skip
+    parser.set_defaults(config_shorthands=shorthands or {})
 
 
 def config_from_arguments(cls: type[T], args: argparse.Namespace, overrides: list[str] = ()) -> T:
-    """The config of :func:`add_config_arguments`' arguments; ``overrides`` (from a command's
-    shorthand flags) come before the ``--set`` ones, which win."""
-    return load_config(cls, args.config, [*overrides, *args.overrides])
+    """The config that :func:`add_config_arguments`' arguments give: the YAML file, then
+    the shorthand flags and ``overrides`` (a command's other flags), then ``--set``."""
+    shorthands = [f"{key}={getattr(args, flag)}" for flag, key in args.config_shorthands.items()
+                  if getattr(args, flag) is not None]  # fmt: skip
+    return load_config(cls, args.config, [*shorthands, *overrides, *args.overrides])
 
 
 def _yaml11_float(value: str, where: str) -> float:

@@ -30,15 +30,12 @@ class ImageShardWriter:
     """Write samples to ``path``; the tar appears under its final name only on :meth:`close`.
 
     Members are plain USTAR entries (``KEY.EXT``, mode 644, owner 0, mtime 0) written
-    straight to the file: ``tarfile``'s generic header builder and ``addfile`` cost a fifth
-    of a crawler's event-loop time.
+    straight to the file: ``tarfile``'s generic header builder and ``addfile`` are a large
+    part of a crawler's event-loop time.
 
     Every ``writeback_bytes`` written, the kernel is asked to start writing them to disk,
     so the fsync that commits the tar waits for the last few megabytes rather than the
-    whole shard (0.1-0.2 s for a 125 MB shard here, at the end of every shard). Every
-    4 MB rather than 16 MB: that fsync took 0.045 s rather than 0.073 s on average over
-    12 shard commits each of a 2-process crawl, and the crawl's CPU per image stayed
-    within the noise (3.7-4.2 ms both).
+    whole shard, at the end of every shard.
     """
 
     def __init__(self, path: str | os.PathLike, writeback_bytes: int = 4 << 20) -> None:

@@ -80,7 +80,7 @@ class ShardedParquet:
         table = table.select(self.schema.names)
         if table.schema.equals(schema, check_metadata=False):
             # the usual case: only the metadata to stamp. A cast would also import
-            # pyarrow.compute, 0.07 CPU-s in every process that writes a shard.
+            # pyarrow.compute in every process that writes a shard.
             table = table.replace_schema_metadata(schema.metadata)
         else:
             table = table.cast(schema)

@@ -152,3 +152,21 @@ def test_the_crawl_command_starts_the_workers_server_first_when_it_will_use_work
     assert len(forkservers) == servers, result.stdout
     assert all("curation.crawl.shard" in c for c in forkservers)
     assert "crawler imported here: False" in result.stdout
+
+
+def test_every_command_takes_config_then_shorthands_then_set(tmp_path):
+    import argparse
+
+    from curation.embed import EmbedConfig
+    from manifests.config import add_config_arguments, config_from_arguments
+
+    path = tmp_path / "e.yaml"
+    path.write_text("batch_size: 8\nnum_workers: 1\n")
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, "an EmbedConfig", shorthands={"workers": "num_workers"})
+    args = parser.parse_args(["--config", str(path), "--workers", "3", "--set", "num_workers=4",
+                              "--set", "device=cpu"])  # fmt: skip
+    config = config_from_arguments(EmbedConfig, args, ["batch_size=16"])
+    assert (config.batch_size, config.num_workers, config.device) == (16, 4, "cpu")
+    alone = config_from_arguments(EmbedConfig, parser.parse_args(["--workers", "3"]))
+    assert alone.num_workers == 3 and alone.batch_size == EmbedConfig().batch_size

@@ -14,6 +14,7 @@ import webdataset as wds
 from manifests.atomic import atomic_path
 from manifests.errors import ManifestError, SchemaMismatchError
 from manifests.image_shards import ImageShardReader, ImageShardWriter, iter_samples, ustar_header
+from manifests.job import ResumeMismatchError, claim_directory
 from manifests.parquet_io import ShardedParquet, read_manifest
 from manifests.schemas import CONFIG_KEY, POOL, SCHEMA_KEY
 
@@ -152,3 +153,18 @@ def test_images_are_found_whatever_their_extension(tmp_path):
         assert reader.read_image("a") == b"png-bytes" and reader.read_image("b") == b"jpg-bytes"
         with pytest.raises(KeyError, match="no image member for key c"):
             reader.read_image("c")
+
+
+def test_a_claimed_directory_resumes_only_the_same_job(tmp_path):
+    job = {"inputs": "a.txt", "settings": {"size": 3, "mode": "x"}, "note": "free"}
+    claim_directory(tmp_path, "job.json", job, has_output=False)
+    other = {**job, "settings": {"size": 4, "mode": "x"}, "note": "changed"}
+    claim_directory(tmp_path, "job.json", other, has_output=False)  # nothing to mix yet
+    claim_directory(tmp_path, "job.json", job, has_output=False)
+    claim_directory(tmp_path, "job.json", job, has_output=True)  # the same job resumes
+    with pytest.raises(ResumeMismatchError, match=r"differs in \['settings.size'\]: settings"
+                                                  r"\.size: 3 -> 4; see .*job.json"):  # fmt: skip
+        claim_directory(tmp_path, "job.json", other, has_output=True, identity=("settings",))
+    assert json.loads((tmp_path / "job.json").read_text()) == job  # the refused job not recorded
+    claim_directory(tmp_path, "job.json", {**job, "note": "changed"}, True, identity=("inputs",))
+    assert isinstance(ResumeMismatchError("x"), ManifestError)  # every CLI reports it in one line

@@ -9,10 +9,9 @@ correct path:
 - everything else (PNG, WebP, GIF, CMYK, 16-bit, palette, alpha, rotated) is decoded by
   Pillow, which refuses truncated files, oriented and converted to RGB.
 Both end in one resize and one JPEG encode by OpenCV. The resize is bicubic for
-reductions down to half and INTER_AREA below that: on 640x480 -> 512x384 INTER_AREA costs
-2.0 ms at 38 dB from an antialiased Lanczos reference, bicubic 0.6 ms at 45 dB, Pillow's
-bicubic 4.8 ms at 47 dB; at 1/4 bicubic aliases (22 dB) and INTER_AREA does not (31 dB)
-(``benchmarks/resize_methods.py``).
+reductions down to half, where it is faster and closer to an antialiased reference than
+INTER_AREA, and INTER_AREA below that, where bicubic aliases and INTER_AREA does not
+(``benchmarks/resize_methods.py`` measures both, and Pillow's).
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ def keep_large_allocations() -> None:
 
     Every decoded or resized image is a fresh ~1 MB array; by default glibc serves such
     sizes with mmap and returns them on free, so each image pays page faults to touch
-    new pages. On 640x480 JPEGs that was 1.1 of 3.7 ms per image here.
+    new pages: a large part of the pixel work's time on web-sized JPEGs.
     """
     if not sys.platform.startswith("linux"):
         return

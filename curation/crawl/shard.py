@@ -29,8 +29,8 @@ from manifests.image_shards import ImageShardWriter
 log = logging.getLogger(__name__)
 
 
-# libuv's event loop where installed (all but Windows): here it took 0.07 ms less of the
-# loop thread's CPU per image than asyncio's own, 2% of a crawl's CPU
+# libuv's event loop where installed (all but Windows): less of the loop thread's CPU per
+# image than asyncio's own
 try:
     from uvloop import run as _run_event_loop
 except ImportError:

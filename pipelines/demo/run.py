@@ -33,7 +33,7 @@ from training.config import TrainConfig
 from training.train import train
 
 MARKER = ".lvd-demo"
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "curation" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "curation" / "demo.yaml"
 TRAIN_CONFIG = CONFIG.parent.parent / "train" / "tiny_cpu.yaml"
 N_PHOTOS = 112
 IMAGES_PER_PAGE = 8

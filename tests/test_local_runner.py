@@ -1,0 +1,49 @@
+"""The local engine's runner: every task exactly once, in this process and forkserver
+workers; a task's own error ends the run; items are counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from curation.local_runner import run_locally
+from manifests.errors import ManifestError
+
+
+def record_task(index: int, out: str, seconds: float, on_items=None) -> None:
+    time.sleep(seconds)
+    Path(out, f"{index}.json").write_text(json.dumps({"pid": os.getpid()}))
+    if on_items is not None:
+        on_items(3, 2)
+
+
+def failing_task(index: int, on_items=None) -> None:
+    if index == 3:
+        raise ManifestError(f"task {index}: a bad shard")
+
+
+def test_every_task_runs_once_here_and_in_workers(tmp_path):
+    tasks = [(i, str(tmp_path), 0.4) for i in range(8)]
+    run_locally(record_task, tasks, desc="test", items=24, processes=2, progress=False)
+    done = {int(p.stem): json.loads(p.read_text())["pid"] for p in tmp_path.glob("*.json")}
+    assert sorted(done) == list(range(8))
+    pids = set(done.values())
+    assert os.getpid() in pids and len(pids) == 2  # this process started first, a worker joined
+
+
+def test_one_process_runs_every_task_here(tmp_path):
+    run_locally(record_task, [(i, str(tmp_path), 0.0) for i in range(3)], desc="test",
+                processes=1, progress=False)  # fmt: skip
+    pids = {json.loads(p.read_text())["pid"] for p in tmp_path.glob("*.json")}
+    assert pids == {os.getpid()}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_failing_task_raises_its_own_error(processes):
+    with pytest.raises(ManifestError, match="task 3: a bad shard"):
+        run_locally(failing_task, [(i,) for i in range(6)], desc="test", processes=processes,
+                    progress=False)  # fmt: skip

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from curation.local_runner import run_locally
-from curation.tasks import ItemCounter, ShardRunner
+from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from manifests.config import ConfigError
 from manifests.embeddings import EmbeddingStore
 from manifests.image_rows import ImageBytesReader, ImageRow, require_image_rows
@@ -176,9 +176,9 @@ def embed_manifests(
     store.ids.remove_partial()
     done = store.complete()
     todo = pending_shards(rows, config.rows_per_shard, done)
-    runner(embed_shard, [(i, chunk, embedder.spec, str(out), config) for i, chunk in todo],
-           desc="embed", items=sum(len(c) for _, c in todo), unit="img", gpus=1.0,
-           progress=progress)  # fmt: skip
+    tasks = [(i, chunk, embedder.spec, str(out), config) for i, chunk in todo]
+    items = sum(len(c) for _, c in todo)
+    runner(ShardTasks(embed_shard, tasks, "embed", items, "img", gpus=1.0), progress)
     ok = sum(pc.sum(store.ids.read_shard(i, ["ok"]).column("ok")).as_py() or 0
              for i in store.complete())  # fmt: skip
     return {"embedded": ok, "failed": len(rows) - ok, "shards_skipped": len(done)}

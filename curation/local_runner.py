@@ -24,6 +24,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolE
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
+from curation.tasks import ShardTasks
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
@@ -124,28 +126,19 @@ class _TaskQueue:
             self._indices = iter(())
 
 
-def run_locally(
-    fn: Callable[..., Any],
-    tasks: list[tuple],
-    *,
-    desc: str,
-    items: int | None = None,
-    unit: str = "item",
-    gpus: float = 0.0,
-    processes: int = 1,
-    progress: bool = True,
-) -> None:
+def run_locally(work: ShardTasks, progress: bool = True) -> None:
     """Run ``fn(*task, on_items=...)`` for every task, in this process and up to
     ``processes - 1`` workers; raise the first failure. ``gpus`` is not used: a task sees
     this machine's devices."""
-    if not tasks:
+    if not work.tasks:
         return
     from tqdm import tqdm
 
-    processes = min(local_processes(processes), len(tasks))
-    by_items = items is not None
-    with tqdm(total=items if by_items else len(tasks), unit=unit if by_items else "shard",
-              desc=desc, disable=not progress, smoothing=0.1) as bar:  # fmt: skip
+    processes = min(local_processes(work.processes), len(work.tasks))
+    by_items = work.items is not None
+    with tqdm(total=work.items if by_items else len(work.tasks),
+              unit=work.unit if by_items else "shard", desc=work.desc, disable=not progress,
+              smoothing=0.1) as bar:  # fmt: skip
         if processes == 1:
             counts = [0, 0, 0]
 
@@ -156,10 +149,10 @@ def run_locally(
                 _show(bar, counts, by_items)
 
             tally = _Tally(add)
-            for task in tasks:
-                _run_counted(fn, task, tally)
+            for task in work.tasks:
+                _run_counted(work.fn, task, tally)
         else:
-            _run_in_processes(fn, tasks, processes, bar, by_items)
+            _run_in_processes(work.fn, work.tasks, processes, bar, by_items)
 
 
 def _run_in_processes(

@@ -13,27 +13,27 @@ items of its shard (URLs, images) finish; a runner that draws per-item progress 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 ItemCounter = Callable[[int, int], None]  # on_items(done, ok)
 
 
-class ShardRunner(Protocol):
-    def __call__(
-        self,
-        fn: Callable[..., Any],
-        tasks: list[tuple],
-        *,
-        desc: str,
-        items: int | None = None,
-        unit: str = "item",
-        gpus: float = 0.0,
-        processes: int = 1,
-        progress: bool = True,
-    ) -> None:
-        """Run ``fn(*task)`` for every task (in any order, anywhere); raise if one fails.
+@dataclass(frozen=True)
+class ShardTasks:
+    """A stage's shard tasks: ``fn(*task)`` for every task, in any order, anywhere."""
 
-        ``items``: how many items the tasks hold, for progress in ``unit``s. ``gpus``: what
-        one task needs where GPUs exist. ``processes``: how many tasks one machine runs at
-        once (0: one per core); an engine that schedules by its own resources ignores it.
-        """
+    fn: Callable[..., Any]
+    tasks: list[tuple]
+    desc: str  # what the tasks do, for progress and logs
+    items: int | None = None  # how many items (URLs, images) the tasks hold, for progress
+    unit: str = "item"
+    gpus: float = 0.0  # what one task needs where GPUs exist
+    # how many tasks one machine runs at once (0: one per core); an engine that schedules
+    # by its own resources ignores it
+    processes: int = 1
+
+
+class ShardRunner(Protocol):
+    def __call__(self, work: ShardTasks, progress: bool = True) -> None:
+        """Run every task of ``work``; raise if one fails."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from curation.local_runner import run_locally
+from curation.tasks import ShardTasks
 from manifests.errors import ManifestError
 
 
@@ -28,7 +29,7 @@ def failing_task(index: int, on_items=None) -> None:
 
 def test_every_task_runs_once_here_and_in_workers(tmp_path):
     tasks = [(i, str(tmp_path), 0.4) for i in range(8)]
-    run_locally(record_task, tasks, desc="test", items=24, processes=2, progress=False)
+    run_locally(ShardTasks(record_task, tasks, "test", items=24, processes=2), progress=False)
     done = {int(p.stem): json.loads(p.read_text())["pid"] for p in tmp_path.glob("*.json")}
     assert sorted(done) == list(range(8))
     pids = set(done.values())
@@ -36,8 +37,8 @@ def test_every_task_runs_once_here_and_in_workers(tmp_path):
 
 
 def test_one_process_runs_every_task_here(tmp_path):
-    run_locally(record_task, [(i, str(tmp_path), 0.0) for i in range(3)], desc="test",
-                processes=1, progress=False)  # fmt: skip
+    tasks = [(i, str(tmp_path), 0.0) for i in range(3)]
+    run_locally(ShardTasks(record_task, tasks, "test", processes=1), progress=False)
     pids = {json.loads(p.read_text())["pid"] for p in tmp_path.glob("*.json")}
     assert pids == {os.getpid()}
 
@@ -45,5 +46,5 @@ def test_one_process_runs_every_task_here(tmp_path):
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_failing_task_raises_its_own_error(processes):
     with pytest.raises(ManifestError, match="task 3: a bad shard"):
-        run_locally(failing_task, [(i,) for i in range(6)], desc="test", processes=processes,
-                    progress=False)  # fmt: skip
+        tasks = [(i,) for i in range(6)]
+        run_locally(ShardTasks(failing_task, tasks, "test", processes=processes), progress=False)

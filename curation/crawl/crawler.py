@@ -21,7 +21,7 @@ from curation.crawl.fetch import Fetcher
 from curation.crawl.plan import CrawlPlan, plan_crawl
 from curation.crawl.shard import crawl_shard
 from curation.local_runner import local_processes, run_locally
-from curation.tasks import ShardRunner
+from curation.tasks import ShardRunner, ShardTasks
 from manifests.atomic import write_bytes_atomic
 from manifests.crawl_output import CrawlOutput
 from manifests.job import claim_directory
@@ -86,9 +86,8 @@ def run_crawl(
     todo = sum(len(shards[i]) for i in pending)
     processes = min(local_processes(config.processes), max(len(pending), 1))
     task_config = _split_limits(config, processes)
-    runner(crawl_shard, [(i, shards[i], task_config, str(output.root)) for i in pending],
-           desc="crawl", items=todo, unit="url", processes=processes,
-           progress=progress)  # fmt: skip
+    tasks = [(i, shards[i], task_config, str(output.root)) for i in pending]
+    runner(ShardTasks(crawl_shard, tasks, "crawl", todo, "url", processes=processes), progress)
     all_stats = [output.shard_stats(i) for i in range(len(shards))]
     codes: dict[str, int] = {}
     for s in all_stats:

@@ -34,7 +34,7 @@ from curation.dedup.policy import reasons, representatives
 from curation.dedup.union_find import UnionFind, components_of_equal_values
 from curation.dedup.verify import GeometricVerifier, accept_candidates
 from curation.local_runner import run_locally
-from curation.tasks import ItemCounter, ShardRunner
+from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from manifests.atomic import write_bytes_atomic
 from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.errors import ManifestError
@@ -99,8 +99,8 @@ def hash_pool(
     claim_directory(store.root, "hash.json", job, bool(store.complete()))
     store.remove_partial()
     todo = pending_shards(rows, config.rows_per_shard, store.complete())
-    runner(hash_shard, [(i, chunk, str(store.root), config) for i, chunk in todo], desc="hash",
-           items=sum(len(chunk) for _, chunk in todo), unit="img", progress=progress)  # fmt: skip
+    tasks = [(i, chunk, str(store.root), config) for i, chunk in todo]
+    runner(ShardTasks(hash_shard, tasks, "hash", sum(len(c) for _, c in todo), "img"), progress)
     return store
 
 

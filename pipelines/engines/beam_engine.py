@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from curation.local_runner import run_locally
-from curation.tasks import ShardRunner
+from curation.tasks import ShardRunner, ShardTasks
 
 log = logging.getLogger(__name__)
 
@@ -40,30 +40,19 @@ class BeamEngine:
     def runner(self, stage: str) -> ShardRunner:
         return self.run_tasks if stage in BEAM_STAGES else run_locally
 
-    def run_tasks(
-        self,
-        fn: Callable[..., Any],
-        tasks: list[tuple],
-        *,
-        desc: str,
-        items: int | None = None,
-        unit: str = "item",
-        gpus: float = 0.0,
-        processes: int = 1,
-        progress: bool = True,
-    ) -> None:
+    def run_tasks(self, work: ShardTasks, progress: bool = True) -> None:
         """One pipeline over the shard tasks, one element each (the runner parallelises)."""
         import apache_beam as beam
 
-        if not tasks:
+        if not work.tasks:
             return
-        log.info("beam: %s, %d shard tasks", desc, len(tasks))
+        log.info("beam: %s, %d shard tasks", work.desc, len(work.tasks))
         with beam.Pipeline(runner=self._runner(), options=self.options) as p:
             _ = (
                 p
-                | f"{desc} shards" >> beam.Create(tasks)
+                | f"{work.desc} shards" >> beam.Create(work.tasks)
                 | "spread" >> beam.Reshuffle()
-                | f"{desc} shard" >> beam.MapTuple(fn)
+                | f"{work.desc} shard" >> beam.MapTuple(work.fn)
             )
 
     def call(self, fn: Callable[..., Any], *args: Any, gpus: float = 0.0) -> Any:

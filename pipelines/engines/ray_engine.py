@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from curation.tasks import ShardRunner
+from curation.tasks import ShardRunner, ShardTasks
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +39,11 @@ class RayEngine:
     def runner(self, stage: str) -> ShardRunner:
         return self.run_tasks
 
-    def run_tasks(
-        self,
-        fn: Callable[..., Any],
-        tasks: list[tuple],
-        *,
-        desc: str,
-        items: int | None = None,
-        unit: str = "item",
-        gpus: float = 0.0,
-        processes: int = 1,
-        progress: bool = True,
-    ) -> None:
+    def run_tasks(self, work: ShardTasks, progress: bool = True) -> None:
         """One Ray task per shard task (``processes``: Ray schedules by CPUs and GPUs)."""
-        remote = self._remote(fn, gpus)
-        pending = [remote.remote(*task) for task in tasks]
-        with tqdm(total=len(pending), unit="shard", desc=f"{desc} (ray)",
+        remote = self._remote(work.fn, work.gpus)
+        pending = [remote.remote(*task) for task in work.tasks]
+        with tqdm(total=len(pending), unit="shard", desc=f"{work.desc} (ray)",
                   disable=not progress) as bar:  # fmt: skip
             while pending:
                 done, pending = self._ray.wait(pending, num_returns=1)

@@ -40,6 +40,7 @@ from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from manifests.config import ConfigError
 from manifests.embeddings import EmbeddingStore
 from manifests.image_rows import ImageBytesReader, ImageRow, require_image_rows
+from manifests.job import relative_paths
 from manifests.parquet_io import pending_shards
 from training.models.loading import load_backbone
 from training.models.preprocess import center_crop_transform, image_tensor
@@ -170,7 +171,7 @@ def embed_manifests(
     store = EmbeddingStore(out)
     meta = {"model": embedder.spec, "dim": embedder.dim, "rows": len(rows),
             "rows_per_shard": config.rows_per_shard, "dtype": "float16",
-            "normalized": "l2", "manifests": [str(m) for m in manifests],
+            "normalized": "l2", "manifests": relative_paths(manifests, out),
             "copy_detection": embedder.copy_detection}  # fmt: skip
     store.claim(meta)
     store.ids.remove_partial()

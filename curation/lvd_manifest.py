@@ -28,7 +28,7 @@ from manifests.config import ConfigError
 from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.errors import ManifestError
 from manifests.image_rows import read_image_rows, row_location
-from manifests.parquet_io import ShardedParquet, read_manifest
+from manifests.parquet_io import ShardedParquet, portable_location, read_manifest
 from manifests.schemas import DEDUP, LVD
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,11 @@ def _as_is_rows(plan: SeedSetPlan) -> list[dict[str, Any]]:
             for r in rows]  # fmt: skip
 
 
-def write_lvd_manifest(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
-    """Write ``out/lvd/NNNNN.parquet`` and ``out/retrieval_stats.json``; returns the stats."""
+def write_lvd_manifest(
+    config: RetrievalConfig, out: str | Path, root: str | Path | None = None
+) -> dict[str, Any]:
+    """Write ``out/lvd/NNNNN.parquet`` and ``out/retrieval_stats.json``; returns the stats.
+    Images under ``root`` (the build directory) are located relative to the manifest."""
     config.validate()
     pool_ids, pool, pool_rows = _candidate_pool(config.pool)
     pool_store = EmbeddingStore(config.pool.embeddings)
@@ -119,9 +122,10 @@ def write_lvd_manifest(config: RetrievalConfig, out: str | Path) -> dict[str, An
     merged = merge_provenance(retrieved).to_pylist()
     rows = [{"id": pool_ids[m["pool_row"]], **row_location(pool_rows[m["pool_row"]]),
              **{k: v for k, v in m.items() if k != "pool_row"}} for m in merged]  # fmt: skip
-    rows = _merge_by_id(rows + as_is)
+    lvd = ShardedParquet(Path(out) / "lvd", LVD)
+    rows = [portable_location(r, lvd.root, root) for r in _merge_by_id(rows + as_is)]
     table = pa.Table.from_pylist(rows, schema=LVD.arrow)
-    ShardedParquet(Path(out) / "lvd", LVD).write_table(table, config.rows_per_shard)
+    lvd.write_table(table, config.rows_per_shard)
     stats = {"images": table.num_rows, "candidates": len(pool_ids), "seed_sets": table15}
     write_bytes_atomic(Path(out) / "retrieval_stats.json", json.dumps(stats, indent=1).encode())
     return stats

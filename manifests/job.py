@@ -44,6 +44,12 @@ def claim_directory(
     write_bytes_atomic(path, json.dumps(job, indent=1).encode())
 
 
+def relative_paths(paths: list[str | os.PathLike], root: str | os.PathLike) -> list[str]:
+    """``paths`` as a claim records them: relative to the claimed directory, so that a build
+    moved as a whole is still the same job."""
+    return [os.path.relpath(os.path.abspath(p), os.path.abspath(root)) for p in paths]
+
+
 def _changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """``(dotted key, old, new)`` for every leaf that differs between two JSON values."""
     if isinstance(old, dict) and isinstance(new, dict):

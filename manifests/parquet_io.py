@@ -150,12 +150,30 @@ IMAGE_MANIFEST = pa.schema([("id", pa.string()), ("path", pa.string()), ("tar", 
                             ("key", pa.string()), ("label", pa.int64())])  # fmt: skip
 
 
-def write_image_manifest(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+def portable_location(
+    row: dict[str, Any], manifest_dir: str | os.PathLike, root: str | os.PathLike | None
+) -> dict[str, Any]:
+    """``row`` with its ``path`` or ``tar`` as a manifest in ``manifest_dir`` stores it:
+    relative to that directory when the image lies under ``root`` (a build directory,
+    which may be moved or mounted elsewhere as a whole), else absolute."""
+    located = dict(row)
+    for key in ("path", "tar"):
+        if row.get(key):
+            target = os.path.abspath(row[key])
+            inside = root is not None and Path(target).is_relative_to(os.path.abspath(root))
+            located[key] = os.path.relpath(target, os.path.abspath(manifest_dir)) if inside \
+                else target  # fmt: skip
+    return located
+
+
+def write_image_manifest(
+    rows: list[dict[str, Any]], path: str | os.PathLike, root: str | os.PathLike | None = None
+) -> Path:
     """One Parquet file listing images (id, path or tar + key, label), written atomically:
-    what ``read_image_rows`` and every stage that reads images accept. Paths are stored
-    absolute (a relative one would be read relative to the manifest's directory)."""
-    rows = [{**r, **{k: os.path.abspath(r[k]) for k in ("path", "tar") if r.get(k)}}
-            for r in rows]  # fmt: skip
+    what ``read_image_rows`` and every stage that reads images accept. Paths are stored as
+    :func:`portable_location` says (a relative one is read relative to the manifest's
+    directory)."""
+    rows = [portable_location(r, Path(path).parent, root) for r in rows]
     with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=IMAGE_MANIFEST), tmp)
     return Path(path)

@@ -4,9 +4,12 @@ command is ``python -m pipelines.build_lvd`` (:mod:`pipelines.build_lvd`).
 Stages run in order into ``DIR/<stage>``: crawl -> hash and near-exact dedup -> embed pool
 -> copy and relative dedup -> embed seeds -> retrieve -> report. A finished stage leaves
 ``DIR/<stage>/stage.json`` with a fingerprint of the recipe parts and inputs it was built
-from; a rerun skips stages whose fingerprint still holds and resumes the others from their
-committed shards, so killing a build anywhere and rerunning it gives the manifest an
-uninterrupted build gives.
+from, and the size and checksum of every file it wrote; a rerun skips stages whose
+fingerprint still holds once their files check out (sizes always, checksums with
+``verify``), redoes the damaged or missing shards of those that do not, and resumes the
+others from their committed shards, so killing a build anywhere and rerunning it gives the
+manifest an uninterrupted build gives. A stage's inputs are the content of the stages it
+needs: when a repaired stage's content changes, what depends on it is built afresh.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,7 @@ from typing import Any
 
 from manifests.atomic import write_bytes_atomic
 from manifests.config import ConfigError
+from manifests.inventory import find_damage, remove_damaged_shards, take_inventory
 from pipelines.build_layout import BuildLayout
 from pipelines.curation_config import CurationConfig
 from pipelines.engines import Engine
@@ -28,7 +33,8 @@ from pipelines.lvd_stages import STAGE_NAMES, STAGES, Build, Stage
 
 log = logging.getLogger("build_lvd")
 
-MARKER = "stage.json"
+MARKER = "stage.json"  # a finished stage: its fingerprint, inputs, summary and files
+STARTED = "stage.started.json"  # the fingerprint and inputs of the stage's latest start
 
 
 class MissingStageError(RuntimeError):
@@ -38,30 +44,69 @@ class MissingStageError(RuntimeError):
 @dataclass
 class StageResult:
     stage: str
-    status: str  # ran | skipped
+    status: str  # ran | skipped | repaired
     seconds: float
     summary: dict[str, Any]
 
 
-def _marker(b: BuildLayout, stage: str) -> dict[str, Any] | None:
-    path = b.dir(stage) / MARKER
+def _marker(b: BuildLayout, stage: str, name: str = MARKER) -> dict[str, Any] | None:
+    path = b.dir(stage) / name
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _fingerprint(b: Build, stage: Stage) -> str:
-    inputs = {need: (_marker(b, need) or {}).get("fingerprint") for need in stage.needs}
+def _content_id(marker: dict[str, Any]) -> str:
+    """What a finished stage holds: its fingerprint and every file's size and checksum."""
+    text = json.dumps([marker["fingerprint"], marker.get("files")], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _inputs(b: Build, stage: Stage) -> dict[str, str]:
+    inputs = {}
+    for need in stage.needs:
+        marker = _marker(b, need)
+        if marker is None:
+            raise MissingStageError(
+                f"stage {stage.name} needs the output of stage {need} ({b.dir(need)}), which "
+                f"has not finished; run it first: --stages {need}"
+            )
+        inputs[need] = _content_id(marker)
+    return inputs
+
+
+def _fingerprint(b: Build, stage: Stage, inputs: dict[str, str]) -> str:
     text = json.dumps({"settings": stage.settings(b.config), "inputs": inputs}, sort_keys=True,
                       default=str)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _require_inputs(b: Build, stage: Stage) -> None:
-    for need in stage.needs:
-        if _marker(b, need) is None:
-            raise MissingStageError(
-                f"stage {stage.name} needs the output of stage {need} ({b.dir(need)}), which "
-                f"has not finished; run it first: --stages {need}"
-            )
+def _write_marker(b: Build, stage: str, record: dict[str, Any], name: str = MARKER) -> None:
+    b.dir(stage).mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(b.dir(stage) / name, json.dumps(record, indent=1).encode())
+
+
+def _prepare(b: Build, stage: Stage, fingerprint: str, inputs: dict[str, str], verify: bool) -> str:
+    """``skip`` a finished stage whose files are intact; otherwise make the directory ready
+    to run it: ``repair`` (its damaged shards removed, the rest resumed), or ``run``
+    (afresh where its inputs changed since it last ran, else resuming)."""
+    marker = _marker(b, stage.name)
+    directory = b.dir(stage.name)
+    if marker is not None and marker["fingerprint"] == fingerprint:
+        damaged = find_damage(directory, marker.get("files", {}), checksums=verify)
+        if not damaged:
+            return "skip"
+        removed = remove_damaged_shards(directory, damaged, marker["files"])
+        log.warning("%s: %d damaged or missing file(s) %s; redoing %d file(s) of those shards, "
+                    "and the stages that depend on them if their content changes",
+                    stage.name, len(damaged), damaged[:10], len(removed))  # fmt: skip
+        status = "repair"
+    else:
+        previous = marker or _marker(b, stage.name, STARTED)
+        if previous is not None and stage.needs and previous.get("inputs") != inputs:
+            log.info("%s: its inputs changed since it ran; starting it afresh", stage.name)
+            shutil.rmtree(directory)
+        status = "run"
+    _write_marker(b, stage.name, {"fingerprint": fingerprint, "inputs": inputs}, STARTED)
+    return status
 
 
 def run_build(
@@ -70,8 +115,11 @@ def run_build(
     engine: Engine,
     stages: list[str] | None = None,
     progress: bool = True,
+    verify: bool = False,
 ) -> list[StageResult]:
-    """Run ``stages`` (default: all) of the DAG in order into ``out``; see the module doc."""
+    """Run ``stages`` (default: all) of the DAG in order into ``out``; see the module doc.
+    A finished stage is skipped once its files are checked: sizes always, checksums too
+    with ``verify``."""
     chosen = stages or list(STAGE_NAMES)
     unknown = [s for s in chosen if s not in STAGE_NAMES]
     if unknown:
@@ -82,22 +130,26 @@ def run_build(
     todo = [s for s in STAGES if s.name in chosen]
     results = []
     for n, stage in enumerate(todo, 1):
-        _require_inputs(b, stage)
-        fingerprint = _fingerprint(b, stage)
-        done = _marker(b, stage.name)
-        if done is not None and done["fingerprint"] == fingerprint:
-            log.info("[%d/%d] %s: done earlier, skipped", n, len(todo), stage.name)
-            results.append(StageResult(stage.name, "skipped", 0.0, done["summary"]))
+        inputs = _inputs(b, stage)
+        fingerprint = _fingerprint(b, stage, inputs)
+        action = _prepare(b, stage, fingerprint, inputs, verify)
+        if action == "skip":
+            log.info("[%d/%d] %s: done earlier, checked, skipped", n, len(todo), stage.name)
+            results.append(
+                StageResult(stage.name, "skipped", 0.0, _marker(b, stage.name)["summary"])
+            )
             continue
         log.info("[%d/%d] %s (engine %s)", n, len(todo), stage.name, engine.name)
         started = time.perf_counter()
         summary = stage.run(b)
         seconds = round(time.perf_counter() - started, 2)
-        record = {"stage": stage.name, "fingerprint": fingerprint, "engine": engine.name,
-                  "seconds": seconds, "summary": summary}  # fmt: skip
-        b.dir(stage.name).mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(b.dir(stage.name) / MARKER, json.dumps(record, indent=1).encode())
-        results.append(StageResult(stage.name, "ran", seconds, summary))
+        _write_marker(b, stage.name, {
+            "stage": stage.name, "fingerprint": fingerprint, "inputs": inputs,
+            "engine": engine.name, "seconds": seconds, "summary": summary,
+            "files": take_inventory(b.dir(stage.name), skip=(MARKER, STARTED)),
+        })  # fmt: skip
+        status = "repaired" if action == "repair" else "ran"
+        results.append(StageResult(stage.name, status, seconds, summary))
     return results
 
 

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="local", choices=ENGINES)
     p.add_argument("--ray-address", help="a running Ray cluster (auto under ray submit)")
     p.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
+    p.add_argument("--verify", action="store_true",
+                   help="check finished stages' checksums too, not only their sizes")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -81,7 +83,7 @@ def _build(args: argparse.Namespace, beam_options: list[str]) -> str:
     stages = args.stages.split(",") if args.stages else None
     engine = make_engine(args.engine, beam_options, args.ray_address)
     try:
-        results = run_build(out, config, engine, stages, not args.no_progress)
+        results = run_build(out, config, engine, stages, not args.no_progress, args.verify)
     finally:
         engine.close()
     return format_results(BuildLayout(out), results)

@@ -71,7 +71,7 @@ def hash_(b: Build) -> dict[str, Any]:
     kept = set(_kept_ids(b.hash_groups))
     rows = [{"id": r["id"], **row_location(r)} for r in read_image_rows([b.pool_manifest])
             if r["id"] in kept]  # fmt: skip
-    write_image_manifest(rows, b.kept_manifest)
+    write_image_manifest(rows, b.kept_manifest, root=b.out)
     return {"funnel": stats["funnel"], "kept": len(rows)}
 
 
@@ -126,7 +126,8 @@ def retrieve(b: Build) -> dict[str, Any]:
     embeddings = str(b.pool_embeddings(b.config.model))
     pool = PoolInputs([str(b.pool_manifest)], embeddings, str(b.dir("dedup")))
     config = RetrievalConfig(pool, plans, c.kmeans, c.search, c.rows_per_shard, c.seed)
-    return b.engine.call(write_lvd_manifest, config, str(b.dir("retrieve")), gpus=1.0)
+    return b.engine.call(write_lvd_manifest, config, str(b.dir("retrieve")), str(b.out),
+                         gpus=1.0)  # fmt: skip
 
 
 def report(b: Build) -> dict[str, Any]:

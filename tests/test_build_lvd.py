@@ -130,6 +130,61 @@ def test_a_rerun_skips_finished_stages_and_a_changed_setting_reruns_what_depends
     assert lvd_table(out).equals(before)
 
 
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "flip":  # same size, other bytes: only a checksum sees it
+        path.write_bytes(data[:-100] + bytes(b ^ 0xFF for b in data[-100:]))
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    "damaged, how, repaired",
+    [
+        ("crawl/manifest/pool/00002.parquet", "truncate", "crawl"),
+        ("crawl/shards/00001.tar", "delete", "crawl"),
+        ("embed_pool/retrieval/00003.npy", "truncate", "embed_pool"),
+        ("hash/hashes/00000.parquet", "flip", "hash"),
+    ],
+)
+def test_a_rerun_checks_what_it_skips_and_redoes_the_damaged_shards(
+    web, local_build, tmp_path, damaged, how, repaired
+):
+    root, config = web
+    reference, _ = local_build
+    out = tmp_path / "build"
+    shutil.copytree(reference, out)
+    _damage(out / damaged, how)
+    verify = how == "flip"
+    if verify:  # sizes alone miss it
+        assert all(r.status == "skipped" for r in run_build(out, config, LocalEngine(),
+                                                            progress=False))  # fmt: skip
+    results = {r.stage: r.status for r in run_build(out, config, LocalEngine(), progress=False,
+                                                    verify=verify)}  # fmt: skip
+    assert results[repaired] == "repaired", results
+    before = STAGE_NAMES[: STAGE_NAMES.index(repaired)]
+    assert all(results[s] == "skipped" for s in before if s != "embed_seeds"), results
+    assert (out / damaged).exists()
+    assert dedup_table(out).equals(dedup_table(reference))
+    assert_same_lvd(out, reference)
+    again = run_build(out, config, LocalEngine(), progress=False, verify=True)
+    assert all(r.status == "skipped" for r in again)
+
+
+def test_a_moved_build_still_locates_its_images(local_build, tmp_path):
+    reference, _ = local_build
+    moved = tmp_path / "elsewhere" / "build"
+    shutil.copytree(reference, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", moved)  # as a build copied to other storage
+    for manifest in (moved / "retrieve" / "lvd", moved / "hash" / "kept.parquet"):
+        rows = read_image_rows([manifest])
+        assert rows and all(Path(r["source"]).is_relative_to(moved) for r in rows)
+        dataset = ManifestImageDataset(rows)
+        assert all(dataset[i] is not None for i in range(len(dataset)))
+
+
 def test_report_renders_its_images_in_headless_chromium(local_build, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None and not os.environ.get("LVD_REQUIRE_CHROMIUM"):

@@ -39,7 +39,7 @@ from manifests.atomic import write_bytes_atomic
 from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.errors import ManifestError
 from manifests.image_rows import ImageBytesReader, ImageRow, read_image_rows, require_image_rows
-from manifests.job import claim_directory
+from manifests.job import claim_directory, relative_paths
 from manifests.parquet_io import ShardedParquet, pending_shards
 from manifests.schemas import DEDUP, HASHES
 
@@ -94,7 +94,7 @@ def hash_pool(
     Each pending shard is one task of :func:`hash_shard`."""
     rows = require_image_rows(manifests)
     store = ShardedParquet(Path(out) / "hashes", HASHES)
-    job = {"manifests": [str(m) for m in manifests], "rows": len(rows),
+    job = {"manifests": relative_paths(manifests, store.root), "rows": len(rows),
            "rows_per_shard": config.rows_per_shard}  # fmt: skip
     claim_directory(store.root, "hash.json", job, bool(store.complete()))
     store.remove_partial()

@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         start_worker_server(config.processes, CRAWL_TASKS)
         from curation.crawl.crawler import run_crawl  # noqa: PLC0415 - see the module doc
 
-        return format_summary(run_crawl(args.urls, args.out, config, progress=not args.no_progress))
+        summary = run_crawl(args.urls, args.out, config, progress=not args.no_progress)
+        summary.require_images()
+        return format_summary(summary)
 
     return run_cli(crawl, (*USER_ERRORS, InputError))
 

@@ -59,6 +59,7 @@ class Build(BuildLayout):
 def crawl(b: Build) -> dict[str, Any]:
     c = b.config
     s = run_crawl(c.urls, b.dir("crawl"), c.crawl, b.progress, b.engine.runner("crawl"))
+    s.require_images()
     return {"urls": s.urls, "ok": s.ok, "error_codes": s.error_codes}
 
 

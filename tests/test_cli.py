@@ -170,3 +170,18 @@ def test_every_command_takes_config_then_shorthands_then_set(tmp_path):
     assert (config.batch_size, config.num_workers, config.device) == (16, 4, "cpu")
     alone = config_from_arguments(EmbedConfig, parser.parse_args(["--workers", "3"]))
     assert alone.num_workers == 3 and alone.batch_size == EmbedConfig().batch_size
+
+
+def test_a_crawl_with_no_image_fails_naming_the_commonest_failure_and_the_remedy(tmp_path):
+    urls = [f"http://127.0.0.1:9/{i}.jpg" for i in range(3)] + ["http://10.0.0.1/x.jpg"]
+    (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.crawl", "--urls", str(tmp_path / "urls.txt"),
+         "--out", str(tmp_path / "out"), "--no-progress", "--processes", "1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line == (f"error: {tmp_path / 'out'}: none of the 4 URLs gave an image (4 "
+                    "blocked_private_address); pass --allow-private-networks (or "
+                    "--allow-network CIDR) for a local web")  # fmt: skip

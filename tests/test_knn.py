@@ -61,13 +61,18 @@ def _labelled_manifest(root, name, n, seed):
     return str(root / f"{name}.parquet")
 
 
-def test_cli_on_a_run_directory(tmp_path, capsys):
+def _run_dir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     model = build_vit("vit_small", 14, depth=3, img_size=56, init_values=1.0)  # passes content
     torch.save(model.state_dict(), run / "teacher_backbone.pth")
     config = {"model": {"arch": "vit_small", "depth": 3, "img_size": 56}}
     (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def test_cli_on_a_run_directory(tmp_path, capsys):
+    run = _run_dir(tmp_path)
     train = _labelled_manifest(tmp_path, "train", 24, 0)
     val = _labelled_manifest(tmp_path, "val", 10, 1)
     code = knn.main(["--checkpoint", str(run), "--train-manifest", train, "--val-manifest", val,
@@ -88,6 +93,21 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert knn.main(["--checkpoint", str(tmp_path / "missing.pth"), "--arch", "vit_small",
                      "--train-manifest", "a", "--val-manifest", "b"]) == 2  # fmt: skip
     assert "missing.pth: no backbone weights" in capsys.readouterr().err
+    assert knn.main(["--checkpoint", str(tmp_path / "missing"), "--train-manifest", "a",
+                     "--val-manifest", "b"]) == 2  # fmt: skip
+    assert "missing: no backbone weights (no such run directory" in capsys.readouterr().err
+
+
+def test_cli_with_no_readable_image_fails_in_one_line(tmp_path, capsys):
+    run = _run_dir(tmp_path)
+    train = _labelled_manifest(tmp_path, "train", 4, 0)
+    val = _labelled_manifest(tmp_path, "val", 3, 1)
+    for image in (tmp_path / "val").glob("*"):
+        image.unlink()
+    code = knn.main(["--checkpoint", str(run), "--train-manifest", train, "--val-manifest", val,
+                     "--image-size", "56", "--workers", "0"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("error: ") and "none of the 3 images could be read" in err
 
 
 @pytest.mark.parametrize("layerscale,registers", [(0.0, 0), (1e-5, 4)])

@@ -37,6 +37,8 @@ class DataConfig:
     num_workers: int = 8
     mask_probability: float = 0.5
     mask_ratio: tuple[float, float] = (0.1, 0.5)
+    # a run stops with an error when more of the images it tried than this could not be read
+    max_skipped_fraction: float = 0.5
 
 
 @dataclass

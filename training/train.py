@@ -11,13 +11,18 @@ loss terms; the last checkpoint stays as it was.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +54,45 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training cannot continue from this state."""
+
+
+class UnreadableDataError(ManifestError):
+    """Too few of the images the run tried could be read: it would train on nothing."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM: the run saved a checkpoint and stopped."""
+
+    def __init__(self, signum: int, iteration: int, out: Path) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at iteration {iteration}: checkpoint saved in "
+                         f"{out / 'checkpoints'}; rerun the same command to resume")  # fmt: skip
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[Callable[[], int | None]]:
+    """While in the block, SIGINT and SIGTERM ask the loop to stop after the current step
+    (a second SIGINT stops at once); yields a function giving the signal received, if any.
+    Off the main thread (where Python delivers signals) nothing is installed."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("%s: stopping after this step (Ctrl-C again to stop at once)",
+                    signal.Signals(signum).name)  # fmt: skip
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def claim_run_directory(out: Path, config: TrainConfig) -> None:
@@ -178,9 +222,29 @@ def train(
     return metrics
 
 
+def seed_step(seed: int, it: int, rank: int) -> None:
+    """Seed this process's RNG (stochastic depth) from the run's seed, the iteration and the
+    rank: a resumed run draws what an uninterrupted one drew at every iteration, whatever
+    the DataLoader (its workers, its iterator's start) did to this process's RNG."""
+    torch.manual_seed((seed * 1_000_003 + it) * 65_536 + rank)
+
+
+def _check_readable(config: TrainConfig, read: int, skipped: int, finished: bool) -> None:
+    """Stop a run that is training on too few images (``data.max_skipped_fraction``)."""
+    tried = read + skipped
+    too_many = tried >= 2 * config.data.batch_size and \
+        skipped > config.data.max_skipped_fraction * tried  # fmt: skip
+    if too_many or (finished and read == 0):
+        raise UnreadableDataError(
+            f"{skipped} of the {tried} images tried could not be read (more than "
+            f"data.max_skipped_fraction={config.data.max_skipped_fraction}); the warnings "
+            "above name them: check that the manifest's paths exist here"
+        )
+
+
 def _run(config, model, optimizer, schedules, batches, iterations, out, d, progress) -> dict:
     metrics: dict = {}
-    skipped, seen, started = 0, 0, time.perf_counter()
+    skipped, seen, read, started = 0, 0, 0, time.perf_counter()
     warned = False
     total = iterations.stop
     bar = tqdm(total=total, initial=iterations.start, disable=not (progress and d.is_main),
@@ -188,13 +252,17 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
     with (
         open(out / f"metrics.rank{d.rank}.jsonl" if d.rank else out / "metrics.jsonl", "a") as f,
         bar,
+        stop_requests() as stop_signal,
     ):
         for it in iterations:
             batch = next(batches)
             skipped += batch["skipped"]
+            read += batch["size"]
+            _check_readable(config, read, skipped, finished=False)
             if not batch["size"]:
                 continue
             batch = {k: v.to(d.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            seed_step(config.seed, it, d.rank)
             terms = train_step(model, optimizer, batch, schedules, it, config.optim.clip_grad)
             seen += batch["size"] * d.world_size
             bar.update(1)
@@ -211,11 +279,16 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
                 f.flush()
                 warned = warned or (d.is_main and _warn_if_collapsed(metrics, schedules))
                 bar.set_postfix(loss=metrics["loss"], img_s=metrics["images_per_s"])
-            if (it + 1) % config.checkpoint_every == 0 or it + 1 == total or out_of_time:
+            signum = _any_rank(stop_signal())
+            if (it + 1) % config.checkpoint_every == 0 or it + 1 == total or out_of_time \
+                    or signum:  # fmt: skip
                 save_checkpoint(out / "checkpoints", model, optimizer, it + 1)
+            if signum:
+                raise TrainingInterrupted(signum, it + 1, out)
             if out_of_time:
                 log.info("time budget of %.0fs spent at iteration %d", config.time_budget_s, it + 1)
                 break
+    _check_readable(config, read, skipped, finished=True)
     return metrics
 
 
@@ -249,6 +322,14 @@ def _budget_spent(config: TrainConfig, started: float) -> bool:
     return bool(spent)
 
 
+def _any_rank(signum: int | None) -> int:
+    """The signal some rank received (0: none), the same on every rank."""
+    value = torch.tensor(signum or 0)
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value)
+
+
 def _check_finite(terms: dict[str, torch.Tensor], it: int) -> None:
     loss = terms["loss"].detach().clone()
     if dist.is_initialized():  # every rank must stop together
@@ -277,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     print(json.dumps(metrics))
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.crawl.config import CrawlConfig
-from curation.crawl.errors import InputError
+from curation.crawl.errors import NO_IMAGE_HINTS, ErrorCode, InputError, NoImagesError
 from curation.crawl.fetch import Fetcher
 from curation.crawl.plan import CrawlPlan, plan_crawl
 from curation.crawl.shard import crawl_shard
@@ -49,6 +49,16 @@ class CrawlSummary:
     @property
     def urls_per_s(self) -> float:
         return self.urls_this_run / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def require_images(self) -> None:
+        """Raise NoImagesError, naming the commonest failures, if no URL gave an image."""
+        if self.ok:
+            return
+        codes = sorted(self.error_codes.items(), key=lambda kv: -kv[1])
+        failures = ", ".join(f"{n} {code}" for code, n in codes[:3])
+        message = f"{self.out_dir}: none of the {self.urls} URLs gave an image ({failures})"
+        hint = NO_IMAGE_HINTS.get(ErrorCode(codes[0][0])) if codes else None
+        raise NoImagesError(f"{message}; {hint}" if hint else message)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

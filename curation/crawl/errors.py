@@ -46,3 +46,20 @@ class CrawlError(Exception):
 
 class InputError(ValueError):
     """An input file that cannot be read as what its name says."""
+
+
+class NoImagesError(InputError):
+    """A crawl in which no URL gave an image: nothing for the stages after it."""
+
+
+# what to do when every URL failed for mostly this reason
+NO_IMAGE_HINTS = {
+    ErrorCode.BLOCKED_PRIVATE_ADDRESS: "pass --allow-private-networks (or --allow-network "
+    "CIDR) for a local web",
+    ErrorCode.BLOCKED_DOMAIN: "the hosts are on fetch.domain_blocklist",
+    ErrorCode.ROBOTS_DIRECTIVE: "the sites forbid AI use with X-Robots-Tag "
+    "(--ignore-robots-directives overrides it)",
+    ErrorCode.DNS: "no host name resolved: is this machine online?",
+    ErrorCode.CONNECT: "no host accepted a connection: is this machine online?",
+    ErrorCode.UNSUPPORTED_SCHEME: "only http and https URLs are crawled",
+}

@@ -67,8 +67,12 @@ def extract(model: VisionTransformer, manifest: list[str], size: int, batch: int
     features, kept = [], []
     for items in loader:
         good = [(i, x) for i, x in items if x is not None]
-        features.append(model(torch.stack([x for _, x in good])))
-        kept += [labels[i] for i, _ in good]
+        if good:
+            features.append(model(torch.stack([x for _, x in good])))
+            kept += [labels[i] for i, _ in good]
+    if not features:
+        raise ManifestError(f"{manifest}: none of the {len(dataset)} images could be read (the "
+                            "warnings above name them)")  # fmt: skip
     return torch.cat(features), torch.tensor(kept, dtype=torch.long)
 
 

@@ -16,6 +16,9 @@ def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> Vision
     """Our run directory (config.json + teacher_backbone.pth) or an official .pth file
     (then ``arch`` and ``patch_size`` say which ViT it is). Returns the model in eval mode."""
     checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: no backbone weights (no such run directory or "
+                                "weights file)")  # fmt: skip
     if checkpoint.is_dir():
         config = json.loads((checkpoint / "config.json").read_text())
         ssl = from_dict(SSLConfig, config["model"], f"{checkpoint}/config.json:model")

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from curation.local_runner import run_locally
 from curation.tasks import ItemCounter, ShardRunner, ShardTasks
-from manifests.config import ConfigError
+from manifests.config import ConfigError, bounded
 from manifests.embeddings import EmbeddingStore
 from manifests.image_rows import ImageBytesReader, ImageRow, require_image_rows
 from manifests.job import relative_paths
@@ -141,9 +141,9 @@ def load_embedder(spec: str) -> Embedder:
 
 @dataclass
 class EmbedConfig:
-    rows_per_shard: int = 10_000
-    batch_size: int = 64
-    num_workers: int = 2
+    rows_per_shard: int = bounded(10_000, at_least=1)
+    batch_size: int = bounded(64, at_least=1)
+    num_workers: int = bounded(2, at_least=0)
     device: str = "auto"  # auto: cuda when available
 
 

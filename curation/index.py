@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from manifests.config import bounded
+
 log = logging.getLogger(__name__)
 
 
@@ -25,9 +27,9 @@ def gpu_count(use_gpu: bool = True) -> int:
 
 @dataclass
 class KMeansConfig:
-    k: int = 100_000  # the paper's pool clustering
-    niter: int = 20
-    nredo: int = 1  # runs from other random starts; the best objective wins
+    k: int = bounded(100_000, at_least=1)  # the paper's pool clustering
+    niter: int = bounded(20, at_least=1)
+    nredo: int = bounded(1, at_least=1)  # runs from other random starts; the best objective wins
     seed: int = 0
     spherical: bool = True  # centroids renormalized: clusters by cosine
     # faiss trains on at most k x this many points and drops the rest without a word;
@@ -57,12 +59,13 @@ def kmeans(vectors: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, np.nd
 
 @dataclass
 class SearchConfig:
-    exact_max: int = 100_000  # base vectors searched exactly; more use `factory`
+    exact_max: int = bounded(100_000, at_least=0)  # searched exactly; more use `factory`
     factory: str | None = None  # faiss index_factory string; None: default_factory(n, d)
-    nprobe: int = 32
-    refine_factor: int = 16  # shortlist of k x this re-ranked exactly (factories with RFlat)
+    nprobe: int = bounded(32, at_least=1)
+    # shortlist of k x this re-ranked exactly (factories with RFlat)
+    refine_factor: int = bounded(16, at_least=1)
     train_sample: int | None = None  # None: 64 x nlist, at most the base
-    batch: int = 16_384  # queries per call
+    batch: int = bounded(16_384, at_least=1)  # queries per call
     use_gpu: bool = True
 
 

@@ -9,7 +9,9 @@ same way: ``--config FILE.yaml`` and any number of ``--set key=value``
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import operator
 import types
 import typing
 from pathlib import Path
@@ -24,13 +26,33 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the config's fields."""
 
 
+def bounded(default: Any, *, at_least: float | None = None, at_most: float | None = None,
+            above: float | None = None) -> Any:  # fmt: skip
+    """A dataclass field whose value, when a config is loaded, must lie in a range."""
+    bounds = {"at_least": at_least, "at_most": at_most, "above": above}
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+_BOUNDS = {"at_least": ("at least", operator.ge), "at_most": ("at most", operator.le),
+           "above": ("above", operator.gt)}  # fmt: skip
+
+
+def _check_bounds(value: Any, bounds: dict[str, float | None], where: str) -> None:
+    limits = {k: b for k, b in bounds.items() if b is not None}
+    if value is None or all(_BOUNDS[k][1](value, b) for k, b in limits.items()):
+        return
+    wanted = " and ".join(f"{_BOUNDS[k][0]} {b}" for k, b in limits.items())
+    raise ConfigError(f"{where}: expected {wanted}, found {value!r}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build dataclass ``cls`` from nested dicts; unknown keys are an error naming the key."""
+    """Build dataclass ``cls`` from nested dicts; unknown keys are an error naming the key,
+    a value outside its field's bounds (:func:`bounded`) one naming the value."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, found {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
     kwargs = {}
@@ -40,6 +62,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
             kwargs[name] = from_dict(kind, value or {}, f"{where}.{name}")
         else:
             kwargs[name] = _check_type(value, kind, f"{where}.{name}")
+        if "bounds" in fields[name].metadata:
+            _check_bounds(kwargs[name], fields[name].metadata["bounds"], f"{where}.{name}")
     return cls(**kwargs)
 
 
@@ -117,9 +141,29 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> T:
-    data = load_yaml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data, str(path or cls.__name__))
+    """The config of a YAML file (or the defaults) with ``key=value`` overrides applied; an
+    error names the file, or the override that made a valid file invalid."""
+    file_data = load_yaml(path) if path else {}
+    where = str(path or cls.__name__)
+    try:
+        return from_dict(cls, apply_overrides(copy.deepcopy(file_data), overrides or []), where)
+    except ConfigError:
+        if not overrides:
+            raise
+        from_dict(cls, copy.deepcopy(file_data), where)  # the file's own error comes first
+        _blame_override(cls, file_data, overrides)
+        raise
+
+
+def _blame_override(cls: type, file_data: dict[str, Any], overrides: list[str]) -> None:
+    """Raise the error of the first override that makes the config invalid, named."""
+    data = copy.deepcopy(file_data)
+    for item in overrides:
+        apply_overrides(data, [item])
+        try:
+            from_dict(cls, copy.deepcopy(data), cls.__name__)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item}: {exc}") from None
 
 
 def add_config_arguments(

@@ -14,12 +14,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from manifests.crawl_output import CrawlOutput
 from manifests.errors import ManifestError
 from manifests.image_shards import ImageShardReader
-from manifests.parquet_io import manifest_files
+from manifests.parquet_io import manifest_files, read_table
 
 # {"id", "source": an image file or a tar shard, "key": None or the tar key, "label"}
 ImageRow = dict[str, Any]
@@ -29,7 +28,7 @@ def read_image_rows(paths: list[str | Path]) -> list[ImageRow]:
     """``[{"id", "source", "key", "label"}]`` for every usable row of the manifests, in order."""
     rows: list[ImageRow] = []
     for file in manifest_files(paths):
-        table = pq.read_table(file)
+        table = read_table(file)
         if "status" in table.column_names:
             table = table.filter(pc.equal(table.column("status"), "ok"))
         names = set(table.column_names)

@@ -120,7 +120,16 @@ def read_parquet(
     except (OSError, pa.ArrowInvalid) as exc:
         raise ManifestError(f"{path}: not a readable Parquet file ({exc})") from exc
     validate_schema(found, schema, path)
-    return pq.read_table(path, columns=columns)
+    return read_table(path, columns)
+
+
+def read_table(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
+    """``pq.read_table``, a damaged file reported as a ManifestError naming it."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise ManifestError(f"{path}: not a readable Parquet file ({exc}); rerun the stage "
+                            "that wrote it") from exc  # fmt: skip
 
 
 def manifest_files(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -185,3 +185,69 @@ def test_a_crawl_with_no_image_fails_naming_the_commonest_failure_and_the_remedy
     assert line == (f"error: {tmp_path / 'out'}: none of the 4 URLs gave an image (4 "
                     "blocked_private_address); pass --allow-private-networks (or "
                     "--allow-network CIDR) for a local web")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "kmeans.k=-5",
+            "--set kmeans.k=-5: CurationConfig.kmeans.k: expected at least 1, found -5",
+        ),
+        ("kmeans.kk=5", "--set kmeans.kk=5: CurationConfig.kmeans: unknown key(s) ['kk']"),
+        (
+            "dedup.copy.threshold=1.5",
+            "copy.threshold: expected at least -1 and at most 1, found 1.5",
+        ),
+        ("crawl.fetch.total_timeout_s=0", "total_timeout_s: expected above 0, found 0.0"),
+    ],
+)
+def test_values_are_checked_when_loaded_and_errors_name_the_override(override, message):
+    from pipelines.curation_config import CurationConfig
+
+    with pytest.raises(ConfigError) as error:
+        load_config(CurationConfig, "configs/curation/demo.yaml", [override])
+    assert message in str(error.value)
+    assert "demo.yaml" not in str(error.value)  # the file is fine: the override is not
+
+
+def test_a_bad_file_is_blamed_on_the_file_whatever_the_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("shard_size: 0\n")
+    with pytest.raises(ConfigError, match=r"c.yaml.shard_size: expected at least 1, found 0"):
+        load_config(CrawlConfig, path, ["processes=1"])
+    assert load_config(CrawlConfig, path, ["shard_size=5"]).shard_size == 5  # fixed by --set
+
+
+def test_ctrl_c_says_how_to_resume(capsys):
+    from pipelines.cli import run_cli
+
+    def interrupted() -> str:
+        raise KeyboardInterrupt
+
+    assert run_cli(interrupted) == 130
+    assert capsys.readouterr().err == (
+        "interrupted: what was committed is kept; rerun the same command to resume\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["crawl", "build_lvd", "train"])
+def test_an_output_path_that_is_a_file_is_one_line(tmp_path, command):
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")
+    (tmp_path / "m.parquet").write_bytes(b"")
+    out = tmp_path / "taken"
+    out.write_text("a file, not a directory")
+    args = {
+        "crawl": ["pipelines.crawl", "--urls", str(tmp_path / "urls.txt"), "--processes", "1",
+                  "--out", str(out)],
+        "build_lvd": ["pipelines.build_lvd", "--config", "configs/curation/demo.yaml",
+                      "--urls", str(tmp_path / "urls.txt"), "--out", str(out),
+                      *[f"--seed-root={name}={tmp_path}" for name in
+                        ("demo_sample", "demo_cluster", "demo_eval")]],
+        "train": ["training.train", "--config", "configs/train/tiny_cpu.yaml", "--manifest",
+                  str(tmp_path / "m.parquet"), "--output-dir", str(out)],
+    }[command]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", *args, "--no-progress"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {out}: File exists", proc.stderr

@@ -125,6 +125,19 @@ def test_unusable_input_files_fail_before_any_download(tmp_path):
         plan_crawl([tmp_path / "x.xlsx"])
 
 
+def test_a_url_column_of_another_type_and_binary_lines_are_named(tmp_path):
+    pq.write_table(pa.table({"url": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(InputError, match=r"ints.parquet: column 'url' holds int64, expected "
+                                         r"strings \(URLs\)"):  # fmt: skip
+        plan_crawl([tmp_path / "ints.parquet"])
+    (tmp_path / "mixed.txt").write_bytes(
+        b"http://a.org/1.jpg\n\x89PNG\x00\xff\xfe\nhttp://a.org/2.jpg\n"
+    )
+    plan = plan_crawl([tmp_path / "mixed.txt"])
+    assert [r.url for r in plan.rows] == ["http://a.org/1.jpg", "http://a.org/2.jpg"]
+    assert plan.problems == [f"{tmp_path / 'mixed.txt'}:2: not UTF-8 text; skipped"]
+
+
 def test_html_file_input_resolves_against_its_base(tmp_path):
     page = tmp_path / "page.html"
     page.write_text('<base href="http://site.org/gallery/"><img src="a.jpg"><img src="/b.jpg">')

@@ -168,3 +168,13 @@ def test_a_claimed_directory_resumes_only_the_same_job(tmp_path):
     assert json.loads((tmp_path / "job.json").read_text()) == job  # the refused job not recorded
     claim_directory(tmp_path, "job.json", {**job, "note": "changed"}, True, identity=("inputs",))
     assert isinstance(ResumeMismatchError("x"), ManifestError)  # every CLI reports it in one line
+
+
+def test_a_damaged_manifest_is_named_not_a_pyarrow_traceback(tmp_path):
+    from manifests.image_rows import read_image_rows
+
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a"], "path": ["a.jpg"]}), path)
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ManifestError, match=r"m.parquet: not a readable Parquet file .*rerun the"):
+        read_image_rows([path])

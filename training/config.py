@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from manifests.config import bounded
 from training.data.augmentations import MultiCropConfig
 from training.ssl_meta_arch import SSLConfig
 
@@ -33,12 +34,12 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    batch_size: int = 64  # per rank
-    num_workers: int = 8
+    batch_size: int = bounded(64, at_least=1)  # per rank
+    num_workers: int = bounded(8, at_least=0)
     mask_probability: float = 0.5
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     # a run stops with an error when more of the images it tried than this could not be read
-    max_skipped_fraction: float = 0.5
+    max_skipped_fraction: float = bounded(0.5, at_least=0, at_most=1)
 
 
 @dataclass
@@ -48,10 +49,12 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = 100
-    iters_per_epoch: int = 1250  # the recipe's "epoch" is a fixed number of iterations
+    epochs: int = bounded(100, at_least=1)
+    # the recipe's "epoch" is a fixed number of iterations
+    iters_per_epoch: int = bounded(1250, at_least=1)
     seed: int = 0
     log_every: int = 10
-    checkpoint_every: int = 1250  # iterations; a checkpoint is also written at the end
+    # iterations; a checkpoint is also written at the end
+    checkpoint_every: int = bounded(1250, at_least=1)
     mixed_precision: bool = True  # bfloat16 compute under FSDP on GPUs
     time_budget_s: float = 0.0  # stop (with a checkpoint) once this much time has run; 0: none

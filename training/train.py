@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from manifests.config import ConfigError, add_config_arguments, config_from_arguments
-from manifests.errors import ManifestError
+from manifests.errors import PATH_ERRORS, ManifestError, error_line
 from manifests.job import claim_directory
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
@@ -355,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_arguments(TrainConfig, args, args.positional_overrides)
         metrics = train(config, args.manifest, args.output_dir, progress=not args.no_progress)
-    except (ConfigError, ManifestError, NonFiniteLossError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, ManifestError, NonFiniteLossError, *PATH_ERRORS) as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
         print(f"stopped: {exc}", file=sys.stderr)

@@ -5,22 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from curation.crawl.robots import DEFAULT_DISALLOWED
+from manifests.config import bounded
 
 
 @dataclass
 class FetchConfig:
     user_agent_token: str = "lvd-builder"
     user_agent: str = "Mozilla/5.0 (compatible; lvd-builder/0.1; image dataset research crawler)"
-    concurrency: int = 256  # requests in flight, all hosts together (split over processes)
-    per_host_concurrency: int = 16  # (split over processes)
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0  # longest silence between two reads
-    total_timeout_s: float = 30.0  # one attempt, redirects and body included
-    max_retries: int = 2  # on connection errors, 5xx and 429
+    # requests in flight, all hosts together (split over processes)
+    concurrency: int = bounded(256, at_least=1)
+    per_host_concurrency: int = bounded(16, at_least=1)  # (split over processes)
+    connect_timeout_s: float = bounded(5.0, above=0)
+    read_timeout_s: float = bounded(10.0, above=0)  # longest silence between two reads
+    total_timeout_s: float = bounded(30.0, above=0)  # one attempt, redirects and body included
+    max_retries: int = bounded(2, at_least=0)  # on connection errors, 5xx and 429
     backoff_base_s: float = 0.5  # delay before retry n is base * 2**n, jittered
     max_retry_after_s: float = 30.0  # a longer Retry-After is not waited for
-    max_redirects: int = 5
-    max_bytes: int = 16 * 1024 * 1024  # response body cap, after decompression
+    max_redirects: int = bounded(5, at_least=0)
+    max_bytes: int = bounded(16 * 1024 * 1024, at_least=1)  # response body cap, after decompression
     disallowed_robots_directives: list[str] = field(default_factory=lambda: [*DEFAULT_DISALLOWED])
     allow_private_networks: bool = False
     allowed_networks: list[str] = field(default_factory=list)  # CIDRs allowed even if private
@@ -29,11 +31,13 @@ class FetchConfig:
 
 @dataclass
 class ProcessConfig:
-    max_pixels: int = 40_000_000  # declared width * height above this is refused undecoded
-    min_side: int = 64
-    max_aspect_ratio: float = 4.0
-    max_side: int = 1024  # resize (keeping aspect) only if the long side is larger
-    jpeg_quality: int = 95
+    # declared width * height above this is refused undecoded
+    max_pixels: int = bounded(40_000_000, at_least=1)
+    min_side: int = bounded(64, at_least=1)
+    max_aspect_ratio: float = bounded(4.0, at_least=1)
+    # resize (keeping aspect) only if the long side is larger
+    max_side: int = bounded(1024, at_least=1)
+    jpeg_quality: int = bounded(95, at_least=1, at_most=100)
 
 
 @dataclass
@@ -41,6 +45,8 @@ class CrawlConfig:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     url_column: str = "url"  # for csv, tsv, jsonl and parquet inputs
-    shard_size: int = 10_000  # URLs per output shard
-    processes: int = 0  # shards crawled at once, one process each (this one too); 0 = per core
-    threads_per_process: int = 2  # decode/resize threads beside each process's event loop
+    shard_size: int = bounded(10_000, at_least=1)  # URLs per output shard
+    # shards crawled at once, one process each (this one too); 0 = per core
+    processes: int = bounded(0, at_least=0)
+    # decode/resize threads beside each process's event loop
+    threads_per_process: int = bounded(2, at_least=1)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from warcio.archiveiterator import ArchiveIterator
 from yarl import URL
@@ -67,11 +68,13 @@ def read_records(
         yield from reader(path, url_column, problem)
 
 
-def _read_txt(path: Path, _column: str, _problem: ProblemSink) -> Iterator[UrlRecord]:
+def _read_txt(path: Path, _column: str, problem: ProblemSink) -> Iterator[UrlRecord]:
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
+        for line_no, line in enumerate(f, start=1):
             url = line.strip()
-            if url and not url.startswith("#"):
+            if "\ufffd" in url or "\x00" in url:  # undecodable or NUL bytes: not a text file
+                problem(f"{path}:{line_no}: not UTF-8 text; skipped")
+            elif url and not url.startswith("#"):
                 yield UrlRecord(url)
 
 
@@ -121,6 +124,9 @@ def _read_parquet(path: Path, column: str, problem: ProblemSink) -> Iterator[Url
             f"{path}: no column {column!r}; columns are {pf.schema_arrow.names} "
             "(choose one with --url-column)"
         )
+    kind = pf.schema_arrow.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise InputError(f"{path}: column {column!r} holds {kind}, expected strings (URLs)")
     row = 0
     for batch in pf.iter_batches(columns=[column]):
         for url in batch.column(0).to_pylist():

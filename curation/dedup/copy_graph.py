@@ -14,6 +14,7 @@ import numpy as np
 
 from curation.dedup.verify import CopyCriteria
 from curation.index import SearchConfig, build_search_index
+from manifests.config import bounded
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,11 @@ class CopyGraphConfig:
     """Unset (null) thresholds and normalization come from the embedding model's
     recommendation in ``embed.json`` (see curation.embed), else the paper's SSCD values."""
 
-    k: int = 64
-    threshold: float | None = None  # cosine of a self-dedup edge (paper: 0.6)
-    relative_threshold: float | None = None  # cosine to an evaluation image (paper: 0.45)
+    k: int = bounded(64, at_least=1)
+    # cosine of a self-dedup edge (paper: 0.6)
+    threshold: float | None = bounded(None, at_least=-1, at_most=1)
+    # cosine to an evaluation image (paper: 0.45)
+    relative_threshold: float | None = bounded(None, at_least=-1, at_most=1)
     normalize: str | None = None  # none | center | whiten (see DescriptorSpace)
     # geometric verification (curation.dedup.verify) of candidates with cosine in
     # [verify_from, verify_until); null: the model's recommendation (the paper: off).
@@ -40,14 +43,15 @@ class CopyGraphConfig:
     verify: bool | None = None
     verify_from: float = 0.5
     verify_until: float = 0.9
-    min_inliers: int = 40
+    min_inliers: int = bounded(40, at_least=2)
     min_inlier_fraction: float = 0.6
     max_residual_px: float = 1.0
     min_coverage: float = 0.35
-    whiten_dim: int = 256
+    whiten_dim: int = bounded(256, at_least=1)
     exact_max: int = 200_000  # larger pools use an IVF index
-    nprobe: int = 16
-    chunk: int = 20_000  # queries per search call: the edge stream's granularity
+    nprobe: int = bounded(16, at_least=1)
+    # queries per search call: the edge stream's granularity
+    chunk: int = bounded(20_000, at_least=1)
     use_gpu: bool = True  # when faiss sees a GPU
 
     @property

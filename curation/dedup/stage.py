@@ -36,6 +36,7 @@ from curation.dedup.verify import GeometricVerifier, accept_candidates
 from curation.local_runner import run_locally
 from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from manifests.atomic import write_bytes_atomic
+from manifests.config import bounded
 from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.errors import ManifestError
 from manifests.image_rows import ImageBytesReader, ImageRow, read_image_rows, require_image_rows
@@ -48,11 +49,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DedupConfig:
-    rows_per_shard: int = 10_000
-    num_workers: int = 2  # hashing processes
-    phash_radius: int = 8  # Hamming bits, inclusive
-    pca_bits: int = 64
-    pca_radius: int = 4
+    rows_per_shard: int = bounded(10_000, at_least=1)
+    num_workers: int = bounded(2, at_least=0)  # hashing processes
+    phash_radius: int = bounded(8, at_least=0, at_most=64)  # Hamming bits, inclusive
+    pca_bits: int = bounded(64, at_least=1)
+    pca_radius: int = bounded(4, at_least=0)
     pca_sample: int = 100_000  # thumbnails the PCA is fitted on
     keep: str = "largest"  # curation.dedup.policy.KEEP_POLICIES
     copy: CopyGraphConfig = field(default_factory=CopyGraphConfig)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from manifests.config import ConfigError
-from manifests.errors import ManifestError
+from manifests.errors import PATH_ERRORS, ManifestError, error_line
 from training.data.dataset import ManifestImageDataset
 from training.models import VisionTransformer
 from training.models.loading import load_backbone
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load_backbone(args.checkpoint, args.arch, args.patch_size)
         train = extract(model, args.train_manifest, args.image_size, args.batch_size, args.workers)
         val = extract(model, args.val_manifest, args.image_size, args.batch_size, args.workers)
-    except (ConfigError, ManifestError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, ManifestError, *PATH_ERRORS) as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     accuracy = knn_accuracy(*train, *val)
     print(json.dumps({"top1": {f"k={k}": round(a, 2) for k, a in accuracy.items()},

@@ -30,6 +30,7 @@ from pipelines.build_layout import BuildLayout
 from pipelines.curation_config import CurationConfig
 from pipelines.engines import Engine
 from pipelines.lvd_stages import STAGE_NAMES, STAGES, Build, Stage
+from pipelines.reconcile import check_counts
 
 log = logging.getLogger("build_lvd")
 
@@ -142,6 +143,7 @@ def run_build(
         log.info("[%d/%d] %s (engine %s)", n, len(todo), stage.name, engine.name)
         started = time.perf_counter()
         summary = stage.run(b)
+        check_counts(stage.name, summary, {n: _marker(b, n)["summary"] for n in stage.needs})
         seconds = round(time.perf_counter() - started, 2)
         _write_marker(b, stage.name, {
             "stage": stage.name, "fingerprint": fingerprint, "inputs": inputs,

@@ -1,11 +1,11 @@
 """The local engine's :class:`~curation.tasks.ShardRunner`: shard tasks on this machine.
 
-This process runs tasks from the start, its imports done, while ``processes - 1`` worker
-processes start; each process takes the next task when it has finished one. Workers come
-from a forkserver (a clean, single-threaded process that has imported the task's module
-once) rather than from a fork of the caller, whose threads make fork unsafe; a command
-can start that server early (:func:`start_worker_server`) so its imports run beside the
-command's own start-up. The progress bar reads item counters the processes share.
+One process runs its tasks here, one after another; more run them on a plain process pool,
+each worker taking the next task when it has finished one. Workers come from a forkserver
+(a clean, single-threaded process that has imported the task's module once) rather than
+from a fork of the caller, whose threads make fork unsafe; a command can start that server
+early (:func:`start_worker_server`) so its imports run beside the command's own start-up.
+The progress bar reads item counters the workers share.
 
 Workers import this module, so it imports nothing heavy at the top (tqdm only when a bar
 is drawn).
@@ -13,14 +13,12 @@ is drawn).
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
 import os
-import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
@@ -109,27 +107,10 @@ def _run_in_worker(fn: Callable[..., Any], task: tuple) -> None:
     _run_counted(fn, task, _worker_tally)
 
 
-class _TaskQueue:
-    """Task indices, taken one at a time by this process and by the workers."""
-
-    def __init__(self, indices: Iterable[int]) -> None:
-        self._indices = iter(indices)
-        self._lock = threading.Lock()
-
-    def take(self) -> int | None:
-        with self._lock:
-            return next(self._indices, None)
-
-    def close(self) -> None:
-        """Hand out nothing more (after a failure)."""
-        with self._lock:
-            self._indices = iter(())
-
-
 def run_locally(work: ShardTasks, progress: bool = True) -> None:
-    """Run ``fn(*task, on_items=...)`` for every task, in this process and up to
-    ``processes - 1`` workers; raise the first failure. ``gpus`` is not used: a task sees
-    this machine's devices."""
+    """Run ``fn(*task, on_items=...)`` for every task, here (one process) or on ``processes``
+    workers; raise the first failure. ``gpus`` is not used: a task sees this machine's
+    devices."""
     if not work.tasks:
         return
     from tqdm import tqdm
@@ -158,58 +139,22 @@ def run_locally(work: ShardTasks, progress: bool = True) -> None:
 def _run_in_processes(
     fn: Callable[..., Any], tasks: list[tuple], processes: int, bar: tqdm, by_items: bool
 ) -> None:
+    """Every task on a pool of ``processes`` workers; the bar follows their shared counters
+    while this process waits."""
     ctx = worker_context(fn.__module__)
-    queue = _TaskQueue(range(len(tasks)))
     counters = ctx.Array("q", 3)
-    here_done = threading.Event()
-    with ThreadPoolExecutor(1, thread_name_prefix="local-workers") as feeder:
-        show = functools.partial(_show, bar, counters, by_items)
-        workers = feeder.submit(_feed_workers, fn, tasks, queue, processes - 1, ctx, counters,
-                                show, here_done)  # fmt: skip
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker,
+                             initargs=(counters,)) as pool:  # fmt: skip
+        running = {pool.submit(_run_in_worker, fn, task) for task in tasks}
         try:
-            tally = _Tally(_add_to(counters))
-            while (index := queue.take()) is not None:
-                _run_counted(fn, tasks[index], tally)
-        except BaseException:
-            queue.close()
-            raise
-        finally:
-            here_done.set()
-        workers.result()
-
-
-def _feed_workers(
-    fn: Callable[..., Any],
-    tasks: list[tuple],
-    queue: _TaskQueue,
-    n: int,
-    ctx,
-    counters,
-    show: Callable[[], None],
-    here_done: threading.Event,
-) -> None:
-    """Keep ``n`` workers running the queue's tasks, and the bar current (``show``), until the queue
-    is empty and this process is done with its own tasks."""
-    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                               initargs=(counters,))  # fmt: skip
-    running: set = set()
-    try:
-        while running or not here_done.is_set():
-            while len(running) < n and (index := queue.take()) is not None:
-                running.add(pool.submit(_run_in_worker, fn, tasks[index]))
-            if running:
+            while running:
                 done, running = wait_futures(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()  # a task's failure ends the run, with its own error
-            else:
-                here_done.wait(0.5)
-            show()
-    except BaseException:
-        queue.close()
-        raise
-    finally:
-        show()
-        pool.shutdown(cancel_futures=True)
+                _show(bar, counters, by_items)
+        finally:
+            for future in running:
+                future.cancel()
 
 
 def _show(bar: tqdm, counters, by_items: bool) -> None:

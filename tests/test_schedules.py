@@ -61,3 +61,9 @@ def test_param_groups_cover_every_parameter_once():
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())
     assert sum(g["is_last_layer"] for g in groups) == 1
+
+
+@pytest.mark.parametrize("name", ["backbone.pos_embed", "backbone.cls_token",
+                                  "backbone.mask_token", "backbone.register_tokens"])  # fmt: skip
+def test_tokens_and_position_embeddings_decay_as_in_dinov2(name):
+    assert param_spec(name, 12, 0.9, 0.2).wd_multiplier == 1.0

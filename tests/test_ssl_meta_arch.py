@@ -70,3 +70,64 @@ def test_relative_entropy_of_teacher_targets():
     half = torch.zeros(2, k)
     half[:, : k // 2] = 2.0 / k  # uniform over half the prototypes: log(K/2) / log(K)
     assert float(relative_entropy(half)) == pytest.approx(5 / 6)
+
+
+def test_the_teacher_is_deterministic_while_the_student_trains_with_drop_path():
+    model = _model(drop_path_rate=0.4, depth=4, layerscale=1.0).train()
+    assert model.student.training and not model.teacher.training
+    batch = _batch()
+    first = model.teacher_targets(batch["global_crops"], batch["masks"], 0.04)
+    second = model.teacher_targets(batch["global_crops"], batch["masks"], 0.04)
+    for a, b in zip([*first[0], first[1]], [*second[0], second[1]], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    student = model.student["backbone"]
+    outputs = [student.forward_features(batch["global_crops"])["x_norm_clstoken"]
+               for _ in range(2)]  # fmt: skip
+    assert not torch.equal(*outputs)  # stochastic depth is on for the student
+    for t, s in zip(model.teacher.parameters(), model.student.parameters(), strict=True):
+        assert torch.equal(t, s)  # the teacher starts from the student's weights
+
+
+def test_each_part_is_clipped_on_its_own():
+    from training.train import clip_gradients
+
+    model = _model()
+    for name, part in model.student.items():
+        for p in part.parameters():
+            p.grad = torch.full_like(p, 30.0 if name == "dino_head" else 1e-4)
+    backbone = [p.grad.clone() for p in model.student["backbone"].parameters()]
+    norms = clip_gradients(model, 3.0)
+    assert set(norms) == {"backbone", "dino_head", "ibot_head"} and norms["dino_head"] > 3
+    for before, p in zip(backbone, model.student["backbone"].parameters(), strict=True):
+        assert torch.equal(before, p.grad)  # under its own limit: untouched
+    clipped = torch.stack([p.grad.norm() for p in model.student["dino_head"].parameters()])
+    assert float(clipped.norm()) == pytest.approx(3.0, rel=1e-4)
+
+
+def test_every_tensor_follows_a_move_of_the_model_as_a_device_move_would():
+    from manifests.config import load_config
+    from training.checkpoint import _state
+    from training.config import TrainConfig
+    from training.schedules import param_groups
+    from training.train import Schedules, train_step
+
+    model = _model(centering="ema", num_register_tokens=2).to(torch.float64).train()
+    optimizer = torch.optim.AdamW(param_groups(model.student, 12))
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml")
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in _batch().items()}
+    train_step(model, optimizer, batch, Schedules.build(config, 4), 5, 3.0)
+    state = _state(model, optimizer, 1)
+    tensors = {"model": state["model"], "dino_center": state["dino_center"],
+               "ibot_center": state["ibot_center"],
+               "optimizer": {f"{k}.{n}": v for k, s in optimizer.state.items()
+                             for n, v in s.items() if n != "step"}}  # fmt: skip
+    flat = {}
+    for group, values in tensors.items():
+        items = values.items() if isinstance(values, dict) else [("", values)]
+        flat |= {f"{group}.{k}": v for k, v in items if torch.is_tensor(v)}
+    assert len(flat) > 100
+    stayed = sorted(
+        k for k, v in flat.items() if v.is_floating_point() and v.dtype != torch.float64
+    )
+    assert stayed == []
+    assert not torch.equal(model.dino_center.center, torch.zeros_like(model.dino_center.center))

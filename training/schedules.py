@@ -73,10 +73,8 @@ def param_spec(
     lr_mult = layer_decay ** (num_layers + 1 - layer_id)
     if ".patch_embed." in name:
         lr_mult *= patch_embed_lr_mult
+    # as dinov2: biases, norms and LayerScale gammas only; the tokens and pos_embed decay
     no_decay = name.endswith(".bias") or "norm" in name or "gamma" in name
-    no_decay = no_decay or any(
-        name.endswith(e) for e in _EMBEDDING_NAMES[:1] + _EMBEDDING_NAMES[2:]
-    )
     return ParamGroupSpec(lr_mult, 0.0 if no_decay else 1.0, "last_layer" in name)
 
 

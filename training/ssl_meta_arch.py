@@ -8,9 +8,8 @@ replaced by the mask token; the teacher sees the unmasked global crops.
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -66,16 +65,27 @@ def _networks(config: SSLConfig) -> nn.ModuleDict:
 
 
 class SSLMetaArch(nn.Module):
+    """The student and its EMA teacher. The teacher starts as a copy of the student's
+    weights but is built without stochastic depth and stays in eval mode, as in dinov2:
+    its targets are a deterministic function of its input."""
+
     def __init__(self, config: SSLConfig) -> None:
         super().__init__()
         self.config = config
         self.student = _networks(config)
-        self.teacher = copy.deepcopy(self.student)
+        self.teacher = _networks(replace(config, drop_path_rate=0.0))
+        self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.dino_center = EMACenter(config.head_prototypes)
         ibot_out = config.ibot_prototypes if config.ibot_separate_head else config.head_prototypes
         self.ibot_center = EMACenter(ibot_out)
+
+    def train(self, mode: bool = True) -> SSLMetaArch:
+        """Train (or evaluate) the student; the teacher is always in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
 
     def _ibot_head(self, nets: nn.ModuleDict) -> nn.Module:
         return nets["ibot_head"] if self.config.ibot_separate_head else nets["dino_head"]

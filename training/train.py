@@ -164,6 +164,13 @@ def build_loader(
     )  # fmt: skip
 
 
+def clip_gradients(model: SSLMetaArch, max_norm: float) -> dict[str, torch.Tensor]:
+    """Clip the backbone's, the DINO head's and the iBOT head's gradients each to
+    ``max_norm``, as dinov2 does; returns each part's norm before clipping."""
+    return {name: torch.nn.utils.clip_grad_norm_(part.parameters(), max_norm)
+            for name, part in model.student.items()}  # fmt: skip
+
+
 def train_step(
     model: SSLMetaArch,
     optimizer: torch.optim.Optimizer,
@@ -178,7 +185,7 @@ def train_step(
     _check_finite(terms, it)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
-    torch.nn.utils.clip_grad_norm_(model.student.parameters(), clip_grad)
+    clip_gradients(model, clip_grad)
     optimizer.step()
     model.update_teacher(float(schedules.momentum[it]))
     return terms

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _all_reduce(t: Tensor, op=None) -> Tensor:
@@ -44,12 +44,18 @@ def sinkhorn_knopp(logits: Tensor, temperature: float, iterations: int = 3) -> T
     return (q * n_samples).t()
 
 
-class EMACenter:
-    """The DINO center: an EMA of the teacher's batch-mean logits, subtracted before softmax."""
+class EMACenter(nn.Module):
+    """The DINO center: an EMA of the teacher's batch-mean logits, subtracted before softmax.
 
-    def __init__(self, dim: int, momentum: float = 0.9, device: torch.device | str = "cpu"):
+    A module with a buffer, so that moving the model (``.to(device)``) moves the center.
+    The buffer is not persistent: checkpoints store the centers themselves
+    (:mod:`training.checkpoint`), which loads them into this buffer.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.9) -> None:
+        super().__init__()
         self.momentum = momentum
-        self.center = torch.zeros(1, dim, device=device)
+        self.register_buffer("center", torch.zeros(1, dim), persistent=False)
 
     @torch.no_grad()
     def softmax(self, logits: Tensor, temperature: float) -> Tensor:

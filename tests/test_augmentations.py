@@ -69,3 +69,33 @@ def test_only_the_second_global_crop_is_solarized():
     assert torch.allclose(g1, normalized, atol=1e-3)
     assert torch.allclose(g2, aug.normalize(1 - image[None]), atol=1e-3)
     assert torch.allclose(local, normalized.expand(4, -1, -1, -1), atol=1e-3)
+
+
+def test_crops_are_antialiased_like_pils_bicubic_resize():
+    """Binary noise shrunk 448 -> 224: an aliasing resize keeps far more of its spread."""
+    import numpy as np
+    from PIL import Image
+
+    from training.data.augmentations import RandomResizedCrops
+
+    noise = (np.random.default_rng(0).random((448, 448)) > 0.5).astype(np.uint8) * 255
+    pil = Image.fromarray(noise).resize((224, 224), Image.BICUBIC)
+    reference = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255)
+    image = torch.from_numpy(noise.astype(np.float32) / 255).expand(3, -1, -1).clone()
+    crop = RandomResizedCrops(224, (1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)(image, 1)[0, 0]
+    assert abs(float(crop.std()) - float(reference.std())) < 0.02  # PIL: 0.196, kornia: 0.382
+    assert float((crop - reference).abs().mean()) < 0.02
+
+
+def test_crop_boxes_follow_scale_and_ratio():
+    from training.data.augmentations import RandomResizedCrops
+
+    torch.manual_seed(0)
+    crops = RandomResizedCrops(32, (0.05, 0.32))
+    boxes = [crops.box(300, 400) for _ in range(500)]
+    fractions = torch.tensor([h * w / (300 * 400) for _, _, h, w in boxes])
+    ratios = torch.tensor([w / h for _, _, h, w in boxes])
+    assert float(fractions.min()) > 0.045 and float(fractions.max()) < 0.33
+    assert float(ratios.min()) > 0.72 and float(ratios.max()) < 1.39
+    assert all(t >= 0 and left >= 0 and t + h <= 300 and left + w <= 400
+               for t, left, h, w in boxes)  # fmt: skip

@@ -163,3 +163,26 @@ def test_both_drop_paths_are_unbiased():
             ):
                 error = (got - want).abs().mean() / (want - inp).abs().mean()
                 assert error < 0.1, (efficient, float(error))
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_every_published_layout_loads_with_its_interpolation(tmp_path, registers):
+    from training.models.loading import load_backbone
+
+    torch.manual_seed(0)
+    official = build_vit("vit_small", num_register_tokens=registers, depth=2)
+    state = official.state_dict()
+    assert state["pos_embed"].shape[1] == 37 * 37 + 1  # trained at 518
+    assert ("register_tokens" in state) == bool(registers)
+    torch.save(state, tmp_path / "dinov2_vits14.pth")
+    with pytest.raises(RuntimeError, match="Missing key"):  # depth comes from the architecture
+        load_backbone(tmp_path / "dinov2_vits14.pth", "vit_small", 14)
+    full = build_vit("vit_small", num_register_tokens=registers).state_dict()
+    torch.save(full, tmp_path / "full.pth")
+    model = load_backbone(tmp_path / "full.pth", "vit_small", 14)
+    assert model.num_register_tokens == registers
+    assert (model.interpolate_antialias, model.interpolate_offset) == (
+        (True, 0.0) if registers else (False, 0.1)
+    )
+    for key, value in full.items():
+        assert torch.equal(model.state_dict()[key], value), key

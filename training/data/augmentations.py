@@ -10,10 +10,12 @@ probability is the probability of blurring. The second global crop is also solar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from training.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -32,6 +34,57 @@ class MultiCropConfig:
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, local
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.2  # second global crop only
+
+
+class RandomResizedCrops:
+    """Random resized crops of one image, each flipped with ``flip_p``: an area fraction in
+    ``scale`` and a log-uniform aspect ratio in ``ratio`` (torchvision's sampling), resized
+    bicubic with antialiasing, as PIL's bicubic resize does when it shrinks. kornia's
+    RandomResizedCrop does not antialias: a 448 -> 224 crop of fine detail aliases."""
+
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float],
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+    ) -> None:
+        self.size, self.scale, self.flip_p = size, scale, flip_p
+        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        self.ratio = ratio
+
+    def box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of one crop, from the torch RNG."""
+        area = height * width
+        for _ in range(10):
+            target = area * float(torch.empty(1).uniform_(*self.scale))
+            aspect = math.exp(float(torch.empty(1).uniform_(*self.log_ratio)))
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,)))
+                left = int(torch.randint(0, width - w + 1, (1,)))
+                return top, left, h, w
+        aspect = width / height  # the fallback: the central crop of the nearest ratio
+        if aspect < self.ratio[0]:
+            w, h = width, round(width / self.ratio[0])
+        elif aspect > self.ratio[1]:
+            w, h = round(height * self.ratio[1]), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, image: Tensor, n: int) -> Tensor:
+        """``n`` crops (n, 3, size, size) in [0, 1] of ``image`` (3, H, W)."""
+        crops = []
+        for _ in range(n):
+            top, left, h, w = self.box(*image.shape[1:])
+            region = image[None, :, top : top + h, left : left + w]
+            size = (self.size, self.size)
+            crop = F.interpolate(region, size=size, mode="bicubic", antialias=True)
+            if float(torch.rand(1)) < self.flip_p:
+                crop = crop.flip(-1)
+            crops.append(crop)
+        return torch.cat(crops).clamp(0, 1)  # bicubic resampling overshoots [0, 1]
 
 
 class MultiCropAugmentation:
@@ -58,19 +111,14 @@ class MultiCropAugmentation:
     def _blur(self, p: float) -> K.RandomGaussianBlur:
         return K.RandomGaussianBlur(kernel_size=9, sigma=self.config.blur_sigma, p=p)
 
-    def _geometry(self, size: int, scale: tuple[float, float]) -> K.AugmentationSequential:
-        return K.AugmentationSequential(
-            K.RandomResizedCrop((size, size), scale=scale, resample="BICUBIC"),
-            K.RandomHorizontalFlip(p=self.config.flip_p),
-        )
+    def _geometry(self, size: int, scale: tuple[float, float]) -> RandomResizedCrops:
+        return RandomResizedCrops(size, scale, flip_p=self.config.flip_p)
 
     def geometric(self, image: Tensor) -> dict[str, Tensor]:
         """Crops in [0, 1] of one image: global (2, 3, S, S) and local (n, 3, s, s)."""
-        x = image.unsqueeze(0)
-        global_crops = self.global_geometry(x.expand(2, -1, -1, -1))
-        local_crops = self.local_geometry(x.expand(self.config.n_local, -1, -1, -1))
-        # bicubic resampling overshoots [0, 1]
-        return {"global_crops": global_crops.clamp(0, 1), "local_crops": local_crops.clamp(0, 1)}
+        global_crops = self.global_geometry(image, 2)
+        local_crops = self.local_geometry(image, self.config.n_local)
+        return {"global_crops": global_crops, "local_crops": local_crops}
 
     def photometric(
         self, global1: Tensor, global2: Tensor, local: Tensor

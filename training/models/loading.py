@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,13 +24,34 @@ def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> Vision
     if checkpoint.is_dir():
         config = json.loads((checkpoint / "config.json").read_text())
         ssl = from_dict(SSLConfig, config["model"], f"{checkpoint}/config.json:model")
-        model = build_backbone(ssl)  # LayerScale, registers and depth as trained
         weights = checkpoint / "teacher_backbone.pth"
+        state = _weights(weights)
+        model = build_backbone(ssl)  # LayerScale, registers and depth as trained
     else:
         if arch is None:
             raise ConfigError(f"{checkpoint}: a weights file needs an architecture (vit_small)")
-        model, weights = build_vit(arch, patch_size), checkpoint
-    if not weights.exists():
-        raise FileNotFoundError(f"{weights}: no backbone weights (expected a state dict .pth)")
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+        state = _weights(checkpoint)
+        model = build_vit(arch, patch_size, **official_layout(state, patch_size))
+    model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def official_layout(state: dict[str, torch.Tensor], patch_size: int) -> dict[str, Any]:
+    """What an official DINOv2 state dict says of its model beyond the architecture: the
+    size of its position grid, and its register tokens: the ``_reg`` models also sample
+    that grid with antialiasing and no offset (dinov2's hub definitions); the others use
+    the 0.1 offset."""
+    layout: dict[str, Any] = {}
+    if "pos_embed" in state:
+        layout["img_size"] = math.isqrt(state["pos_embed"].shape[1] - 1) * patch_size
+    registers = state["register_tokens"].shape[1] if "register_tokens" in state else 0
+    if registers:
+        layout |= {"num_register_tokens": registers, "interpolate_antialias": True,
+                   "interpolate_offset": 0.0}  # fmt: skip
+    return layout
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no backbone weights (expected a state dict .pth)")
+    return torch.load(path, map_location="cpu", weights_only=True)

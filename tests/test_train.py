@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -166,3 +167,41 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(manifest, tmp_path, 
                         "resume", line), line  # fmt: skip
     saved = int(re.search(r"iteration (\d+)", line).group(1))
     assert (run / "checkpoints" / f"step_{saved:07d}").is_dir()
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+@pytest.mark.parametrize("name", ["vits14", "vitb14", "vitl14", "vitg14"])
+def test_every_recipe_value_is_the_official_one_with_its_source(name):
+    import yaml
+
+    table = yaml.safe_load(Path("configs/train/official.yaml").read_text())[name]
+    recipe = _flat(yaml.safe_load(Path(f"configs/train/{name}.yaml").read_text()))
+    assert sorted(recipe) == sorted(table)  # every key cited, every cited key set
+    for key, row in table.items():
+        assert recipe[key] == row["value"], (key, row["source"])
+        assert row["source"].startswith(("dinov2/", "ours: ")), key
+    config = load_config(TrainConfig, f"configs/train/{name}.yaml")
+    assert config.model.img_size == config.crops.global_size == 224
+    if name in ("vitl14", "vitg14"):
+        assert config.model.ffn_layer == "swiglu" and config.model.ibot_bottleneck == 256
+
+
+def test_the_ffn_layer_and_the_ibot_bottleneck_are_the_recipes():
+    from training.layers.mlp import SwiGLUFFN
+    from training.ssl_meta_arch import SSLConfig, SSLMetaArch
+
+    model = SSLMetaArch(SSLConfig(arch="vit_small", depth=1, ffn_layer="swiglu", img_size=56,
+                                  head_prototypes=64, ibot_prototypes=32, head_hidden=32,
+                                  head_bottleneck=24, ibot_bottleneck=16))  # fmt: skip
+    assert isinstance(model.student["backbone"].blocks[0].mlp, SwiGLUFFN)
+    assert model.student["dino_head"].last_layer.weight_v.shape[-1] == 24
+    assert model.student["ibot_head"].last_layer.weight_v.shape[-1] == 16

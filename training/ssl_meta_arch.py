@@ -27,7 +27,8 @@ class SSLConfig:
     arch: str = "vit_small"
     patch_size: int = 14
     depth: int = 0  # blocks; 0: the architecture's own
-    img_size: int = 224  # size of the learned position grid
+    ffn_layer: str | None = None  # mlp | swiglu; None: the architecture's own
+    img_size: int = 224  # size of the learned position grid: the global crops' (dinov2)
     num_register_tokens: int = 0
     drop_path_rate: float = 0.0
     layerscale: float = 1e-5
@@ -38,6 +39,7 @@ class SSLConfig:
     head_bottleneck: int = 256
     ibot_separate_head: bool = True
     ibot_prototypes: int = 65536  # with a separate iBOT head; a shared one has head_prototypes
+    ibot_bottleneck: int = 256  # with a separate iBOT head (dinov2's ibot.head_bottleneck_dim)
     centering: str = "sinkhorn_knopp"  # or "ema"
     student_temp: float = 0.1
     dino_weight: float = 1.0
@@ -48,7 +50,8 @@ class SSLConfig:
 def build_backbone(config: SSLConfig) -> nn.Module:
     """The ViT this recipe trains (also what loads the weights a run writes)."""
     return build_vit(
-        config.arch, config.patch_size, depth=config.depth, img_size=config.img_size,
+        config.arch, config.patch_size, depth=config.depth, ffn=config.ffn_layer,
+        img_size=config.img_size,
         num_register_tokens=config.num_register_tokens, drop_path_rate=config.drop_path_rate,
         init_values=config.layerscale, efficient_drop_path=config.efficient_drop_path,
     )  # fmt: skip
@@ -57,10 +60,11 @@ def build_backbone(config: SSLConfig) -> nn.Module:
 def _networks(config: SSLConfig) -> nn.ModuleDict:
     backbone = build_backbone(config)
     dim = backbone.embed_dim
-    head = lambda k: DINOHead(dim, k, config.head_hidden, config.head_bottleneck)  # noqa: E731
-    nets = {"backbone": backbone, "dino_head": head(config.head_prototypes)}
+    dino = DINOHead(dim, config.head_prototypes, config.head_hidden, config.head_bottleneck)
+    nets = {"backbone": backbone, "dino_head": dino}
     if config.ibot_separate_head:
-        nets["ibot_head"] = head(config.ibot_prototypes)
+        nets["ibot_head"] = DINOHead(dim, config.ibot_prototypes, config.head_hidden,
+                                     config.ibot_bottleneck)  # fmt: skip
     return nn.ModuleDict(nets)
 
 

@@ -171,13 +171,17 @@ class VisionTransformer(nn.Module):
         return self.head(self.forward_features(x)["x_norm_clstoken"])
 
 
-def build_vit(arch: str, patch_size: int = 14, depth: int = 0, **kwargs) -> VisionTransformer:
+def build_vit(
+    arch: str, patch_size: int = 14, depth: int = 0, ffn: str | None = None, **kwargs
+) -> VisionTransformer:
     """A ViT by name (``vit_small``, ``vit_base``, ``vit_large``, ``vit_huge``, ``vit_giant2``);
-    ``depth`` > 0 replaces the architecture's number of blocks."""
+    ``depth`` > 0 replaces the architecture's number of blocks, ``ffn`` (``mlp`` or
+    ``swiglu``) its feed-forward layer (the released weights: SwiGLU for g only; the
+    official training recipes: SwiGLU for L and g)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
     a = ARCHITECTURES[arch]
     return VisionTransformer(
         embed_dim=a.embed_dim, depth=depth or a.depth, num_heads=a.num_heads, patch_size=patch_size,
-        ffn=a.ffn, **kwargs,
+        ffn=ffn or a.ffn, **kwargs,
     )  # fmt: skip

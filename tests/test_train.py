@@ -205,3 +205,35 @@ def test_the_ffn_layer_and_the_ibot_bottleneck_are_the_recipes():
     assert isinstance(model.student["backbone"].blocks[0].mlp, SwiGLUFFN)
     assert model.student["dino_head"].last_layer.weight_v.shape[-1] == 24
     assert model.student["ibot_head"].last_layer.weight_v.shape[-1] == 16
+
+
+def test_one_gpu_trains_in_bfloat16_autocast_and_the_cpu_in_float32():
+    from training.distributed import Dist
+
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml")
+    assert trainer.compute_dtype(config, Dist(0, 1, torch.device("cpu"))) is None
+    assert trainer.compute_dtype(config, Dist(0, 1, torch.device("cuda"))) is torch.bfloat16
+    assert trainer.compute_dtype(config, Dist(0, 2, torch.device("cuda"))) is None  # FSDP's
+    config.mixed_precision = False
+    assert trainer.compute_dtype(config, Dist(0, 1, torch.device("cuda"))) is None
+
+
+def test_a_step_under_bfloat16_autocast_computes_in_bfloat16_and_keeps_float32_weights():
+    from training.schedules import param_groups
+    from training.ssl_meta_arch import SSLConfig, SSLMetaArch
+
+    torch.manual_seed(0)
+    model = SSLMetaArch(SSLConfig(depth=1, img_size=56, head_prototypes=64, ibot_prototypes=32,
+                                  head_hidden=32, head_bottleneck=16)).train()  # fmt: skip
+    optimizer = torch.optim.AdamW(param_groups(model.student, 1))
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml")
+    batch = {"global_crops": torch.randn(4, 3, 56, 56), "local_crops": torch.randn(4, 3, 28, 28),
+             "masks": torch.rand(4, 16) < 0.3}  # fmt: skip
+    seen = []
+    qkv = model.student["backbone"].blocks[0].attn.qkv
+    hook = qkv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    terms = trainer.train_step(model, optimizer, batch, trainer.Schedules.build(config, 2), 5,
+                               3.0, torch.bfloat16)  # fmt: skip
+    hook.remove()
+    assert torch.bfloat16 in seen and torch.isfinite(terms["loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())

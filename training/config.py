@@ -56,5 +56,5 @@ class TrainConfig:
     log_every: int = 10
     # iterations; a checkpoint is also written at the end
     checkpoint_every: int = bounded(1250, at_least=1)
-    mixed_precision: bool = True  # bfloat16 compute under FSDP on GPUs
+    mixed_precision: bool = True  # bfloat16 compute on GPUs (FSDP's policy, or autocast on one)
     time_budget_s: float = 0.0  # stop (with a checkpoint) once this much time has run; 0: none

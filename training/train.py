@@ -171,6 +171,13 @@ def clip_gradients(model: SSLMetaArch, max_norm: float) -> dict[str, torch.Tenso
             for name, part in model.student.items()}  # fmt: skip
 
 
+def compute_dtype(config: TrainConfig, d: Dist) -> torch.dtype | None:
+    """bfloat16 autocast on one GPU, as FSDP's mixed precision gives several (it casts the
+    weights itself); float32 on CPU and without ``mixed_precision``."""
+    single_gpu = d.device.type == "cuda" and d.world_size == 1
+    return torch.bfloat16 if config.mixed_precision and single_gpu else None
+
+
 def train_step(
     model: SSLMetaArch,
     optimizer: torch.optim.Optimizer,
@@ -178,10 +185,14 @@ def train_step(
     schedules: Schedules,
     it: int,
     clip_grad: float,
+    compute_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One iteration: schedules, losses, backward, clipping, AdamW, EMA teacher."""
+    """One iteration: schedules, losses, backward, clipping, AdamW, EMA teacher. With a
+    ``compute_dtype``, the forward pass runs under autocast to it (weights stay float32)."""
     schedules.apply(optimizer, it)
-    terms = model(batch, teacher_temp=float(schedules.teacher_temp[it]))
+    device = batch["global_crops"].device.type
+    with torch.autocast(device, dtype=compute_dtype, enabled=compute_dtype is not None):
+        terms = model(batch, teacher_temp=float(schedules.teacher_temp[it]))
     _check_finite(terms, it)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
@@ -270,7 +281,8 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
                 continue
             batch = {k: v.to(d.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             seed_step(config.seed, it, d.rank)
-            terms = train_step(model, optimizer, batch, schedules, it, config.optim.clip_grad)
+            terms = train_step(model, optimizer, batch, schedules, it, config.optim.clip_grad,
+                               compute_dtype(config, d))  # fmt: skip
             seen += batch["size"] * d.world_size
             bar.update(1)
             out_of_time = _budget_spent(config, started)

@@ -37,8 +37,9 @@ RECIPE = [  # a 6-block ViT-Ti/7 on 28 px crops, sized for ~800 steps in 15 CPU-
     # EMA centering (the default recipe's; Sinkhorn-Knopp over 4096 prototypes and 256
     # teacher crops kept the targets uniform for all 350 steps of a 15-minute run), 1024
     # shared prototypes, batch 64 and a higher base lr for the short schedule
-    "model.arch=vit_tiny", "model.depth=6", "model.patch_size=7", "model.img_size=28",
-    "model.drop_path_rate=0.1", "model.head_prototypes=1024", "model.ibot_separate_head=false",
+    "model.backbone.arch=vit_tiny", "model.backbone.depth=6", "model.backbone.patch_size=7",
+    "model.backbone.img_size=28", "model.backbone.drop_path_rate=0.1",
+    "model.head_prototypes=1024", "model.ibot_separate_head=false",
     "model.head_hidden=512", "model.head_bottleneck=128", "model.centering=ema",
     "crops.global_size=28", "crops.local_size=14", "crops.n_local=6",
     "crops.global_scale=[0.4,1.0]", "crops.local_scale=[0.1,0.4]", "optim.base_lr=0.01",
@@ -140,7 +141,7 @@ def main() -> None:
     metrics = train(config, [str(train_manifest)], run, progress=True)
     trained_s = time.perf_counter() - started
 
-    backbone = load_backbone(run, None, config.model.patch_size)
+    backbone = load_backbone(run, None, config.model.backbone.patch_size)
     feats = [extract(backbone, [str(m)], 28, 256, 2) for m in (train_manifest, test_manifest)]
     ssl = knn_accuracy(*feats[0], *feats[1], ks=(20,))[20]
     print(json.dumps({

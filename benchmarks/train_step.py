@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from training.models.config import BackboneConfig
 from training.ssl_meta_arch import SSLConfig, SSLMetaArch
 
 VARIANTS = {
@@ -40,8 +41,9 @@ def _batch(batch: int, n_local: int, device: str) -> dict[str, torch.Tensor]:
 
 def run_variant(name: str, steps: int, batch: int, device: str, out) -> None:
     torch.manual_seed(0)
-    config = SSLConfig(arch="vit_small", drop_path_rate=0.4, ibot_separate_head=False,
-                       **VARIANTS[name])  # fmt: skip
+    packed, efficient = VARIANTS[name]["packed"], VARIANTS[name]["efficient_drop_path"]
+    backbone = BackboneConfig(arch="vit_small", drop_path_rate=0.4, efficient_drop_path=efficient)
+    config = SSLConfig(backbone=backbone, ibot_separate_head=False, packed=packed)
     model = SSLMetaArch(config).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.student.parameters()], lr=1e-4)
     data = _batch(batch, 8, device)

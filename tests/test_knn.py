@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +14,8 @@ import torch
 from pipelines.demo.synthetic_images import encode
 from training.eval import knn
 from training.models import build_vit
+from training.models.config import BackboneConfig, build_backbone
 from training.models.loading import load_backbone
-from training.ssl_meta_arch import SSLConfig, build_backbone
 
 
 def _reference(train, train_labels, val, val_labels, k, t=0.07):
@@ -114,11 +115,13 @@ def test_cli_with_no_readable_image_fails_in_one_line(tmp_path, capsys):
 def test_a_run_loads_back_as_it_was_trained(tmp_path, layerscale, registers):
     """The backbone is rebuilt from the run's own model config: a run without LayerScale
     (or with registers) has other parameters than the architecture's defaults."""
-    ssl = SSLConfig(depth=2, img_size=28, patch_size=7, layerscale=layerscale,
-                    num_register_tokens=registers)  # fmt: skip
-    trained = build_backbone(ssl).eval()
+    backbone = BackboneConfig(depth=2, img_size=28, patch_size=7, layerscale=layerscale,
+                              num_register_tokens=registers)  # fmt: skip
+    trained = build_backbone(backbone).eval()
     torch.save(trained.state_dict(), tmp_path / "teacher_backbone.pth")
-    (tmp_path / "config.json").write_text(json.dumps({"model": ssl.__dict__}))
+    settings = asdict(backbone)  # nested as runs write it; flat as runs before it wrote it
+    model = {"backbone": settings} if registers else {**settings, "packed": True}
+    (tmp_path / "config.json").write_text(json.dumps({"model": model}))
     loaded = load_backbone(tmp_path, None, 7)
     x = torch.rand(2, 3, 28, 28)
     assert torch.equal(loaded(x), trained(x))

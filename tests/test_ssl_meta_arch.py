@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 
+from training.models.config import BackboneConfig
 from training.ssl_meta_arch import SSLConfig, SSLMetaArch, relative_entropy
 
 
 def _model(**kwargs) -> SSLMetaArch:
+    """A small SSLMetaArch; backbone settings among ``kwargs`` go to its BackboneConfig."""
     torch.manual_seed(0)
-    config = SSLConfig(img_size=56, head_prototypes=128, ibot_prototypes=96, head_hidden=48,
-                       head_bottleneck=16, **kwargs)  # fmt: skip
+    names = {f.name for f in fields(BackboneConfig)}
+    backbone = BackboneConfig(img_size=56, **{k: v for k, v in kwargs.items() if k in names})
+    config = SSLConfig(backbone=backbone, head_prototypes=128, ibot_prototypes=96,
+                       head_hidden=48, head_bottleneck=16,
+                       **{k: v for k, v in kwargs.items() if k not in names})  # fmt: skip
     return SSLMetaArch(config)
 
 

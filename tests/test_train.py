@@ -22,7 +22,7 @@ from training import train as trainer
 from training.config import TrainConfig
 
 OVERRIDES = ["epochs=1", "iters_per_epoch=3", "log_every=1", "data.batch_size=4",
-             "data.num_workers=0", "model.arch=vit_small", "crops.n_local=2"]  # fmt: skip
+             "data.num_workers=0", "model.backbone.arch=vit_small", "crops.n_local=2"]  # fmt: skip
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_shipped_recipes_load(name):
     config = load_config(TrainConfig, f"configs/train/{name}.yaml")
     total = config.epochs * config.iters_per_epoch
     assert config.checkpoint_every <= total // 4  # an interrupted run keeps its progress
-    assert config.model.patch_size == 14 and config.optim.clip_grad == 3.0
+    assert config.model.backbone.patch_size == 14 and config.optim.clip_grad == 3.0
     if name in ("vitl14", "vitg14"):
         assert config.model.centering == "sinkhorn_knopp" and config.teacher.momentum == 0.994
         assert config.model.head_prototypes == config.model.ibot_prototypes == 131072
@@ -118,8 +118,10 @@ def test_time_budget_stops_with_a_checkpoint_and_another_model_cannot_resume(man
     assert metrics["iteration"] == 1  # logged although iteration 1 is no multiple of 10
     assert (tmp_path / "run" / "checkpoints" / "step_0000001").is_dir()
 
-    other = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES + ["model.depth=2"])
-    with pytest.raises(ResumeMismatchError, match=r"model\.depth: 0 -> 2"):
+    other = load_config(
+        TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES + ["model.backbone.depth=2"]
+    )
+    with pytest.raises(ResumeMismatchError, match=r"model\.backbone\.depth: 0 -> 2"):
         trainer.train(other, [str(manifest)], tmp_path / "run", progress=False)
     longer = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES)
     resumed = trainer.train(longer, [str(manifest)], tmp_path / "run", progress=False)
@@ -190,18 +192,20 @@ def test_every_recipe_value_is_the_official_one_with_its_source(name):
         assert recipe[key] == row["value"], (key, row["source"])
         assert row["source"].startswith(("dinov2/", "ours: ")), key
     config = load_config(TrainConfig, f"configs/train/{name}.yaml")
-    assert config.model.img_size == config.crops.global_size == 224
+    assert config.model.backbone.img_size == config.crops.global_size == 224
     if name in ("vitl14", "vitg14"):
-        assert config.model.ffn_layer == "swiglu" and config.model.ibot_bottleneck == 256
+        assert config.model.backbone.ffn_layer == "swiglu" and config.model.ibot_bottleneck == 256
 
 
 def test_the_ffn_layer_and_the_ibot_bottleneck_are_the_recipes():
     from training.layers.mlp import SwiGLUFFN
+    from training.models.config import BackboneConfig
     from training.ssl_meta_arch import SSLConfig, SSLMetaArch
 
-    model = SSLMetaArch(SSLConfig(arch="vit_small", depth=1, ffn_layer="swiglu", img_size=56,
-                                  head_prototypes=64, ibot_prototypes=32, head_hidden=32,
-                                  head_bottleneck=24, ibot_bottleneck=16))  # fmt: skip
+    backbone = BackboneConfig(arch="vit_small", depth=1, ffn_layer="swiglu", img_size=56)
+    model = SSLMetaArch(SSLConfig(backbone=backbone, head_prototypes=64, ibot_prototypes=32,
+                                  head_hidden=32, head_bottleneck=24,
+                                  ibot_bottleneck=16))  # fmt: skip
     assert isinstance(model.student["backbone"].blocks[0].mlp, SwiGLUFFN)
     assert model.student["dino_head"].last_layer.weight_v.shape[-1] == 24
     assert model.student["ibot_head"].last_layer.weight_v.shape[-1] == 16
@@ -219,11 +223,13 @@ def test_one_gpu_trains_in_bfloat16_autocast_and_the_cpu_in_float32():
 
 
 def test_a_step_under_bfloat16_autocast_computes_in_bfloat16_and_keeps_float32_weights():
+    from training.models.config import BackboneConfig
     from training.schedules import param_groups
     from training.ssl_meta_arch import SSLConfig, SSLMetaArch
 
     torch.manual_seed(0)
-    model = SSLMetaArch(SSLConfig(depth=1, img_size=56, head_prototypes=64, ibot_prototypes=32,
+    backbone = BackboneConfig(depth=1, img_size=56)
+    model = SSLMetaArch(SSLConfig(backbone=backbone, head_prototypes=64, ibot_prototypes=32,
                                   head_hidden=32, head_bottleneck=16)).train()  # fmt: skip
     optimizer = torch.optim.AdamW(param_groups(model.student, 1))
     config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml")

@@ -9,7 +9,7 @@ replaced by the mask token; the teacher sees the unmasked global crops.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -17,22 +17,14 @@ from torch.distributed.tensor import DTensor
 
 from training.layers.dino_head import DINOHead
 from training.loss import EMACenter, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
-from training.models import build_vit
+from training.models.config import BackboneConfig, build_backbone
 
 N_GLOBAL_CROPS = 2
 
 
 @dataclass
 class SSLConfig:
-    arch: str = "vit_small"
-    patch_size: int = 14
-    depth: int = 0  # blocks; 0: the architecture's own
-    ffn_layer: str | None = None  # mlp | swiglu; None: the architecture's own
-    img_size: int = 224  # size of the learned position grid: the global crops' (dinov2)
-    num_register_tokens: int = 0
-    drop_path_rate: float = 0.0
-    layerscale: float = 1e-5
-    efficient_drop_path: bool = True
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
     packed: bool = True  # all crops through each block in one call
     head_prototypes: int = 65536
     head_hidden: int = 2048
@@ -47,18 +39,8 @@ class SSLConfig:
     koleo_weight: float = 0.1
 
 
-def build_backbone(config: SSLConfig) -> nn.Module:
-    """The ViT this recipe trains (also what loads the weights a run writes)."""
-    return build_vit(
-        config.arch, config.patch_size, depth=config.depth, ffn=config.ffn_layer,
-        img_size=config.img_size,
-        num_register_tokens=config.num_register_tokens, drop_path_rate=config.drop_path_rate,
-        init_values=config.layerscale, efficient_drop_path=config.efficient_drop_path,
-    )  # fmt: skip
-
-
 def _networks(config: SSLConfig) -> nn.ModuleDict:
-    backbone = build_backbone(config)
+    backbone = build_backbone(config.backbone)
     dim = backbone.embed_dim
     dino = DINOHead(dim, config.head_prototypes, config.head_hidden, config.head_bottleneck)
     nets = {"backbone": backbone, "dino_head": dino}
@@ -77,7 +59,8 @@ class SSLMetaArch(nn.Module):
         super().__init__()
         self.config = config
         self.student = _networks(config)
-        self.teacher = _networks(replace(config, drop_path_rate=0.0))
+        self.teacher = _networks(replace(config, backbone=replace(config.backbone,
+                                                                  drop_path_rate=0.0)))  # fmt: skip
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad_(False)

@@ -150,7 +150,7 @@ def build_loader(
     """Batches from ``start_batch`` on; each is a function of its index (exact resume)."""
     augmentation = MultiCropAugmentation(config.crops)
     dataset = ManifestImageDataset.from_manifests(manifests, augmentation.geometric)
-    grid = config.crops.global_size // config.model.patch_size
+    grid = config.crops.global_size // config.model.backbone.patch_size
     collate = MultiCropCollate(
         (grid, grid), config.data.mask_probability, config.data.mask_ratio,
         photometric=augmentation.photometric,
@@ -325,8 +325,9 @@ def _warn_if_collapsed(metrics: dict, schedules: Schedules) -> bool:
         "iteration %d: DINO targets are near uniform (entropy %.3f of log K): the DINO head "
         "has collapsed and the CLS token learns nothing from DINO. The settings that bear on "
         "it: the teacher temperature (teacher.warmup_temp, teacher.temp; lower sharpens), "
-        "model.head_prototypes, model.layerscale and the length of the warmup; none of them "
-        "alone got the Fashion-MNIST recipe out of it", metrics["iteration"], entropy,
+        "model.head_prototypes, model.backbone.layerscale and the length of the warmup; "
+        "none of them alone got the Fashion-MNIST recipe out of it", metrics["iteration"],
+        entropy,
     )  # fmt: skip
     return True
 

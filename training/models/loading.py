@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from manifests.config import ConfigError, from_dict
+from training.models.config import BackboneConfig, backbone_section, build_backbone
 from training.models.vision_transformer import VisionTransformer, build_vit
-from training.ssl_meta_arch import SSLConfig, build_backbone
 
 
 def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> VisionTransformer:
@@ -23,10 +23,11 @@ def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> Vision
                                 "weights file)")  # fmt: skip
     if checkpoint.is_dir():
         config = json.loads((checkpoint / "config.json").read_text())
-        ssl = from_dict(SSLConfig, config["model"], f"{checkpoint}/config.json:model")
+        backbone = from_dict(BackboneConfig, backbone_section(config["model"]),
+                             f"{checkpoint}/config.json:model.backbone")  # fmt: skip
         weights = checkpoint / "teacher_backbone.pth"
         state = _weights(weights)
-        model = build_backbone(ssl)  # LayerScale, registers and depth as trained
+        model = build_backbone(backbone)  # LayerScale, registers and depth as trained
     else:
         if arch is None:
             raise ConfigError(f"{checkpoint}: a weights file needs an architecture (vit_small)")

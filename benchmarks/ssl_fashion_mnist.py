@@ -6,6 +6,13 @@ The images come from Debian's ``dataset-fashion-mnist`` (installed by this scrip
 missing and run as root) and are converted to labelled tar-shard manifests.
 
     python benchmarks/ssl_fashion_mnist.py [--minutes 15] [--workdir DIR]
+        [--peer lightly --peer-python VENV/bin/python]
+
+With ``--peer lightly`` the same run then trains lightly's DINO on the same network, crops,
+batch and budget (``benchmarks/ssl_peer_lightly.py``, in lightly's own environment: its
+torchvision does not import beside the CPU torch this project pins; e.g. ``python -m venv
+VENV && VENV/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly pyyaml``) and
+evaluates its teacher with the same k-NN; its figures come under ``"peer"``.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import argparse
 import gzip
 import io
 import json
+import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -120,7 +129,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-fmnist"))
+    p.add_argument("--peer", choices=["lightly"], help="also train this library's DINO")
+    p.add_argument("--peer-python", type=Path, help="the python of the peer's environment")
     args = p.parse_args()
+    if args.peer and not args.peer_python:
+        p.error("--peer needs --peer-python (an environment with lightly and torchvision)")
     ensure_dataset()
     train_images, train_labels = (
         _idx("train-images-idx3-ubyte.gz"),
@@ -141,15 +154,43 @@ def main() -> None:
     metrics = train(config, [str(train_manifest)], run, progress=True)
     trained_s = time.perf_counter() - started
 
-    backbone = load_backbone(run, None, config.model.backbone.patch_size)
-    feats = [extract(backbone, [str(m)], 28, 256, 2) for m in (train_manifest, test_manifest)]
-    ssl = knn_accuracy(*feats[0], *feats[1], ks=(20,))[20]
-    print(json.dumps({
+    manifests = (train_manifest, test_manifest)
+    ssl = knn_top1(run, manifests)
+    result = {
         "budget_minutes": args.minutes, "trained_s": round(trained_s, 1),
         "iterations": metrics.get("iteration"), "images_per_s": metrics.get("images_per_s"),
         "final_loss": metrics.get("loss"), "knn_top1_k20_ssl": round(ssl, 2),
         "knn_top1_k20_raw_pixels": round(raw, 2), "gain_points": round(ssl - raw, 2),
-    }, indent=1))  # fmt: skip
+    }  # fmt: skip
+    if args.peer:
+        peer = run_peer(args.peer_python, train_images, args.minutes, args.workdir)
+        peer["knn_top1_k20"] = round(knn_top1(Path(peer.pop("run")), manifests), 2)
+        result["peer"] = peer
+        result["knn_points_over_peer"] = round(ssl - peer["knn_top1_k20"], 2)
+        result["images_per_s_over_peer"] = round(result["images_per_s"] / peer["images_per_s"], 2)
+    print(json.dumps(result, indent=1))
+
+
+def knn_top1(run: Path, manifests: tuple[Path, Path]) -> float:
+    """k-NN top-1 (k = 20) of a run's teacher: train split as the bank, test as queries."""
+    backbone = load_backbone(run, None, 7)
+    feats = [extract(backbone, [str(m)], 28, 256, 2) for m in manifests]
+    return knn_accuracy(*feats[0], *feats[1], ks=(20,))[20]
+
+
+def run_peer(python: Path, images: np.ndarray, minutes: float, workdir: Path) -> dict:
+    """Train lightly's DINO in its own environment; its run directory and figures."""
+    arrays = workdir / "peer-train.npz"
+    np.savez(arrays, train_images=images)
+    out = workdir / f"peer-{int(time.time())}"
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [str(python), str(repo / "benchmarks" / "ssl_peer_lightly.py"), "--data", str(arrays),
+           "--minutes", str(minutes), "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    version = subprocess.run([str(python), "-c", "import lightly; print(lightly.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    return {"library": f"lightly {version}", **json.loads((out / "peer.json").read_text()),
+            "run": str(out)}  # fmt: skip
 
 
 if __name__ == "__main__":

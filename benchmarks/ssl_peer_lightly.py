@@ -1,0 +1,125 @@
+"""The peer of ``benchmarks/ssl_fashion_mnist.py``: lightly's DINO on the same network (our
+6-block ViT-Ti/7 at 28 px), the same crops and batch, for the same wall-clock budget.
+
+It runs in lightly's own environment (lightly imports torchvision, whose PyPI wheels do not
+import beside the CPU torch this project pins): ``ssl_fashion_mnist.py --peer lightly
+--peer-python VENV/bin/python`` starts it with this repository on PYTHONPATH, then evaluates
+the teacher it saves with the same k-NN protocol as ours. It writes a run directory
+(``config.json`` + ``teacher_backbone.pth``, as our trainer does) and ``peer.json``.
+
+    python benchmarks/ssl_peer_lightly.py --data ARRAYS.npz --minutes 15 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightly.loss import DINOLoss
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.transforms.dino_transform import DINOTransform
+from lightly.utils.scheduler import cosine_schedule
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from training.models.config import BackboneConfig, build_backbone
+
+# the same network and crops as ssl_fashion_mnist.py's RECIPE
+BACKBONE = BackboneConfig(arch="vit_tiny", depth=6, patch_size=7, img_size=28,
+                          drop_path_rate=0.1)  # fmt: skip
+HEAD = {"hidden_dim": 512, "bottleneck_dim": 128, "output_dim": 1024}
+BATCH, WORKERS = 64, 2
+
+
+class _Images(Dataset):
+    def __init__(self, images: np.ndarray, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i], "L").convert("RGB"))
+
+
+class DINO(nn.Module):
+    """lightly's DINO example, around our backbone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.student_backbone = build_backbone(BACKBONE)
+        self.student_head = DINOProjectionHead(192, HEAD["hidden_dim"], HEAD["bottleneck_dim"],
+                                               HEAD["output_dim"], freeze_last_layer=1)  # fmt: skip
+        teacher = copy.deepcopy(BACKBONE)
+        teacher.drop_path_rate = 0.0
+        self.teacher_backbone = build_backbone(teacher)
+        self.teacher_backbone.load_state_dict(self.student_backbone.state_dict())
+        self.teacher_head = DINOProjectionHead(192, HEAD["hidden_dim"], HEAD["bottleneck_dim"],
+                                               HEAD["output_dim"])  # fmt: skip
+        self.teacher_head.load_state_dict(self.student_head.state_dict())
+        deactivate_requires_grad(self.teacher_backbone)
+        deactivate_requires_grad(self.teacher_head)
+
+    def forward(self, x):
+        return self.student_head(self.student_backbone(x))
+
+    def forward_teacher(self, x):
+        return self.teacher_head(self.teacher_backbone(x))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="npz with train_images")
+    p.add_argument("--minutes", type=float, default=15.0)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    images = np.load(args.data)["train_images"]
+    transform = DINOTransform(global_crop_size=28, global_crop_scale=(0.4, 1.0),
+                              local_crop_size=14, local_crop_scale=(0.1, 0.4),
+                              n_local_views=6)  # fmt: skip
+    loader = DataLoader(_Images(images, transform), batch_size=BATCH, shuffle=True,
+                        num_workers=WORKERS, drop_last=True, persistent_workers=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = DINO()
+    criterion = DINOLoss(output_dim=HEAD["output_dim"], warmup_teacher_temp_epochs=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)  # lightly's example
+    budget, steps, seen = args.minutes * 60, 0, 0
+    expected_steps = 1000  # for the momentum schedule: about what a 15-minute budget allows
+    started = time.perf_counter()
+    while time.perf_counter() - started < budget:
+        for views in loader:
+            momentum = cosine_schedule(min(steps, expected_steps - 1), expected_steps, 0.996, 1)
+            update_momentum(model.student_backbone, model.teacher_backbone, m=momentum)
+            update_momentum(model.student_head, model.teacher_head, m=momentum)
+            teacher_out = [model.forward_teacher(v) for v in views[:2]]
+            student_out = [model.forward(v) for v in views]
+            loss = criterion(teacher_out, student_out, epoch=0)
+            loss.backward()
+            model.student_head.cancel_last_layer_gradients(current_epoch=0)
+            optimizer.step()
+            optimizer.zero_grad()
+            steps, seen = steps + 1, seen + BATCH
+            if time.perf_counter() - started >= budget:
+                break
+    elapsed = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.teacher_backbone.state_dict(), args.out / "teacher_backbone.pth")
+    config = {"model": {"backbone": asdict(BACKBONE)}}
+    (args.out / "config.json").write_text(json.dumps(config))
+    result = {"steps": steps, "trained_s": round(elapsed, 1),
+              "images_per_s": round(seen / elapsed, 2), "epochs": round(seen / len(images), 3),
+              "final_loss": round(float(loss.detach()), 5)}  # fmt: skip
+    (args.out / "peer.json").write_text(json.dumps(result))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -66,8 +66,11 @@ class CrawlOutput:
         for d in (self.shards_dir, self.stats_dir, self.pool.root):
             remove_temporaries(d)
 
+    def stats_path(self, index: int) -> Path:
+        return self.stats_dir / f"{shard_stem(index)}.json"
+
     def shard_stats(self, index: int) -> ShardStats:
-        data = json.loads((self.stats_dir / f"{shard_stem(index)}.json").read_text())
+        data = json.loads(self.stats_path(index).read_text())
         data.pop("images_per_s", None)
         return ShardStats(**data)
 
@@ -84,9 +87,6 @@ class CrawlOutput:
     ) -> None:
         """Commit shard ``index``: its tar, then its stats, then its pool rows (schema pool/1)."""
         images.close()
-        write_bytes_atomic(
-            self.stats_dir / f"{shard_stem(index)}.json",
-            json.dumps(stats.to_json(), indent=1).encode(),
-        )
+        write_bytes_atomic(self.stats_path(index), json.dumps(stats.to_json(), indent=1).encode())
         table = pa.Table.from_pylist(rows, schema=POOL.arrow)
         self.pool.write(index, table, config)

@@ -30,12 +30,10 @@ def crc32(path: Path) -> int:
 
 def take_inventory(root: Path, skip: tuple[str, ...] = ()) -> Inventory:
     """Size and CRC-32 of every committed file under ``root`` (not ``skip``, not temporaries)."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and TMP_MARK not in p.name)
-    return {
-        str(p.relative_to(root)): {"bytes": p.stat().st_size, "crc32": crc32(p)}
-        for p in files
-        if str(p.relative_to(root)) not in skip
-    }
+    files = {str(p.relative_to(root)): p for p in sorted(root.rglob("*"))
+             if p.is_file() and TMP_MARK not in p.name}  # fmt: skip
+    return {name: {"bytes": p.stat().st_size, "crc32": crc32(p)}
+            for name, p in files.items() if name not in skip}  # fmt: skip
 
 
 def find_damage(root: Path, recorded: Inventory, checksums: bool) -> list[str]:

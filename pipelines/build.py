@@ -61,8 +61,9 @@ def _content_id(marker: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _inputs(b: Build, stage: Stage) -> dict[str, str]:
-    inputs = {}
+def _needed(b: Build, stage: Stage) -> dict[str, dict[str, Any]]:
+    """The finished markers of the stages ``stage`` needs."""
+    needed = {}
     for need in stage.needs:
         marker = _marker(b, need)
         if marker is None:
@@ -70,8 +71,8 @@ def _inputs(b: Build, stage: Stage) -> dict[str, str]:
                 f"stage {stage.name} needs the output of stage {need} ({b.dir(need)}), which "
                 f"has not finished; run it first: --stages {need}"
             )
-        inputs[need] = _content_id(marker)
-    return inputs
+        needed[need] = marker
+    return needed
 
 
 def _fingerprint(b: Build, stage: Stage, inputs: dict[str, str]) -> str:
@@ -85,11 +86,13 @@ def _write_marker(b: Build, stage: str, record: dict[str, Any], name: str = MARK
     write_bytes_atomic(b.dir(stage) / name, json.dumps(record, indent=1).encode())
 
 
-def _prepare(b: Build, stage: Stage, fingerprint: str, inputs: dict[str, str], verify: bool) -> str:
-    """``skip`` a finished stage whose files are intact; otherwise make the directory ready
-    to run it: ``repair`` (its damaged shards removed, the rest resumed), or ``run``
-    (afresh where its inputs changed since it last ran, else resuming)."""
-    marker = _marker(b, stage.name)
+def _prepare(
+    b: Build, stage: Stage, marker: dict[str, Any] | None, fingerprint: str,
+    inputs: dict[str, str], verify: bool,
+) -> str:  # fmt: skip
+    """``skip`` a finished stage (``marker``) whose files are intact; otherwise make the
+    directory ready to run it: ``repair`` (its damaged shards removed, the rest resumed), or
+    ``run`` (afresh where its inputs changed since it last ran, else resuming)."""
     directory = b.dir(stage.name)
     if marker is not None and marker["fingerprint"] == fingerprint:
         damaged = find_damage(directory, marker.get("files", {}), checksums=verify)
@@ -131,19 +134,19 @@ def run_build(
     todo = [s for s in STAGES if s.name in chosen]
     results = []
     for n, stage in enumerate(todo, 1):
-        inputs = _inputs(b, stage)
+        needed = _needed(b, stage)
+        inputs = {need: _content_id(marker) for need, marker in needed.items()}
         fingerprint = _fingerprint(b, stage, inputs)
-        action = _prepare(b, stage, fingerprint, inputs, verify)
+        marker = _marker(b, stage.name)
+        action = _prepare(b, stage, marker, fingerprint, inputs, verify)
         if action == "skip":
             log.info("[%d/%d] %s: done earlier, checked, skipped", n, len(todo), stage.name)
-            results.append(
-                StageResult(stage.name, "skipped", 0.0, _marker(b, stage.name)["summary"])
-            )
+            results.append(StageResult(stage.name, "skipped", 0.0, marker["summary"]))
             continue
         log.info("[%d/%d] %s (engine %s)", n, len(todo), stage.name, engine.name)
         started = time.perf_counter()
         summary = stage.run(b)
-        check_counts(stage.name, summary, {n: _marker(b, n)["summary"] for n in stage.needs})
+        check_counts(stage.name, summary, {k: m["summary"] for k, m in needed.items()})
         seconds = round(time.perf_counter() - started, 2)
         _write_marker(b, stage.name, {
             "stage": stage.name, "fingerprint": fingerprint, "inputs": inputs,

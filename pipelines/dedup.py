@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from curation.dedup.stage import DedupConfig, run_dedup
+from curation.dedup.stage import DedupConfig, hash_and_dedup
 from manifests.config import ConfigError, add_config_arguments, config_from_arguments
 from pipelines.cli import run_cli
 
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_embeddings and not args.embeddings:
             raise ConfigError("--eval-embeddings needs --embeddings (the pool's descriptors)")
         config = config_from_arguments(DedupConfig, args)
-        stats = run_dedup(args.manifest, args.out, args.embeddings, args.eval_embeddings, config,
-                          progress=not args.no_progress)  # fmt: skip
+        stats = hash_and_dedup(args.manifest, args.out, args.embeddings, args.eval_embeddings,
+                               config, progress=not args.no_progress)  # fmt: skip
         return json.dumps({"out": args.out, "funnel": stats["funnel"], "reasons": stats["reasons"]})
 
     return run_cli(dedup)

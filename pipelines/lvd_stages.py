@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from curation.crawl.crawler import run_crawl
-from curation.dedup.stage import hash_pool, write_dedup
+from curation.dedup.stage import hash_and_dedup, write_dedup
 from curation.embed import embed_manifests, load_embedder
 from curation.lvd_manifest import PoolInputs, RetrievalConfig, write_lvd_manifest
 from curation.seeds.registry import write_seed_manifest
@@ -66,9 +66,8 @@ def crawl(b: Build) -> dict[str, Any]:
 def hash_(b: Build) -> dict[str, Any]:
     """Hashes of the pool, and its near-exact groups (no descriptors yet): their
     representatives are what embed_pool embeds."""
-    hashes = hash_pool([b.pool_manifest], b.dir("hash"), b.config.dedup, b.progress,
-                       b.engine.runner("hash")).read()  # fmt: skip
-    stats = write_dedup(hashes, [b.pool_manifest], b.dir("hash"), config=b.config.dedup)
+    stats = hash_and_dedup([b.pool_manifest], b.dir("hash"), config=b.config.dedup,
+                           progress=b.progress, runner=b.engine.runner("hash"))  # fmt: skip
     kept = set(_kept_ids(b.hash_groups))
     rows = [{"id": r["id"], **row_location(r)} for r in read_image_rows([b.pool_manifest])
             if r["id"] in kept]  # fmt: skip

@@ -139,6 +139,12 @@ print("crawler imported here:", "curation.crawl.shard" in sys.modules)
 """
 
 
+def test_the_crawl_command_preloads_the_module_of_the_crawl_task():
+    from curation.crawl.shard import crawl_shard
+
+    assert crawl_shard.__module__ == cli.CRAWL_TASKS  # a rename would preload nothing useful
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("processes, servers", [(2, 1), (1, 0)])
 def test_the_crawl_command_starts_the_workers_server_first_when_it_will_use_workers(

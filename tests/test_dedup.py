@@ -22,7 +22,7 @@ from builders import jpeg_bytes, path_manifest, skimage_photos
 from curation.dedup.copy_graph import CopyGraphConfig, DescriptorSpace
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes
 from curation.dedup.policy import representatives
-from curation.dedup.stage import DedupConfig, copy_settings, run_dedup
+from curation.dedup.stage import DedupConfig, copy_settings, hash_and_dedup
 from curation.dedup.union_find import UnionFind
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
 from manifests.config import load_config
@@ -84,7 +84,7 @@ SMALL_POOL = CopyGraphConfig(normalize="center", threshold=0.6, relative_thresho
 
 def test_groups_components_and_kept_images_match_the_ground_truth(pool, tmp_path):
     config = DedupConfig(rows_per_shard=10, num_workers=0, copy=SMALL_POOL)
-    stats = run_dedup([pool["manifest"]], tmp_path, pool["emb"], [pool["eval_emb"]], config,
+    stats = hash_and_dedup([pool["manifest"]], tmp_path, pool["emb"], [pool["eval_emb"]], config,
                       progress=False)  # fmt: skip
     table = pq.read_table(tmp_path / "dedup")
     assert table.column("id").to_pylist() == pool["ids"]  # one row per pool image, in order
@@ -131,7 +131,7 @@ def test_groups_components_and_kept_images_match_the_ground_truth(pool, tmp_path
 
 
 def test_hash_only_without_embeddings(pool, tmp_path):
-    stats = run_dedup([pool["manifest"]], tmp_path, config=DedupConfig(num_workers=0),
+    stats = hash_and_dedup([pool["manifest"]], tmp_path, config=DedupConfig(num_workers=0),
                       progress=False)  # fmt: skip
     table = pq.read_table(tmp_path / "dedup")
     assert _groups(table, "copy_component") == _groups(table, "hash_group")
@@ -262,7 +262,7 @@ def test_geometric_verification_merges_only_true_copies(pool, tmp_path):
     get all their edited copies back."""
     copy = replace(SMALL_POOL, verify=True, verify_from=0.3)
     config = DedupConfig(rows_per_shard=10, num_workers=0, copy=copy)
-    stats = run_dedup([pool["manifest"]], tmp_path, pool["emb"], config=config, progress=False)
+    stats = hash_and_dedup([pool["manifest"]], tmp_path, pool["emb"], config=config, progress=False)
     assert stats["verification"]["confirmed"] > 0 and stats["verification"]["refuted"] > 0
     table = pq.read_table(tmp_path / "dedup")
     for group in _groups(table, "copy_component"):

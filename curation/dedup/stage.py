@@ -273,7 +273,7 @@ def _near(vectors: np.ndarray, evaluation: np.ndarray, copy: CopyGraphConfig) ->
     return np.unique(np.concatenate(near)) if near else np.zeros(0, np.int64)
 
 
-def run_dedup(
+def hash_and_dedup(
     manifests: list[str | Path],
     out: str | Path,
     embeddings: str | Path | None = None,

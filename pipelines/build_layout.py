@@ -30,11 +30,11 @@ class BuildLayout:
         return self.dir("hash") / "hashes"
 
     @property
-    def hash_groups(self) -> Path:  # the near-exact groups: a dedup manifest without copies
+    def hash_groups(self) -> Path:  # exact and safe near-exact groups: a dedup manifest
         return self.dir("hash") / "dedup"
 
     @property
-    def kept_manifest(self) -> Path:  # hash-group representatives: what embed_pool embeds
+    def kept_manifest(self) -> Path:  # one image per exact group: what embed_pool embeds
         return self.dir("hash") / "kept.parquet"
 
     @property

@@ -1,9 +1,10 @@
 """The stages of ``pipelines.build_lvd``: what each reads and writes under the build
 directory, and how it hands its work to an engine.
 
-crawl -> hash (sha256, pHash, PCA hash; near-exact dedup) -> embed_pool (hash-group
-representatives only) -> dedup (copy + relative dedup) -> embed_seeds -> retrieve (the LVD
-manifest) -> report. Each writes ``DIR/<stage>/`` and, when finished, ``DIR/<stage>/stage.json``.
+crawl -> hash (sha256, pHash, PCA hash; exact and near-exact dedup) -> embed_pool (one image
+per exact group) -> dedup (hash pairs confirmed, copy + relative dedup) -> embed_seeds ->
+retrieve (the LVD manifest) -> report. Each writes ``DIR/<stage>/`` and, when finished,
+``DIR/<stage>/stage.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from curation.crawl.crawler import run_crawl
+from curation.dedup.policy import Reason
 from curation.dedup.stage import hash_and_dedup, write_dedup
 from curation.embed import embed_manifests, load_embedder
 from curation.lvd_manifest import PoolInputs, RetrievalConfig, write_lvd_manifest
@@ -64,24 +66,26 @@ def crawl(b: Build) -> dict[str, Any]:
 
 
 def hash_(b: Build) -> dict[str, Any]:
-    """Hashes of the pool, and its near-exact groups (no descriptors yet): their
-    representatives are what embed_pool embeds."""
+    """Hashes of the pool, its exact groups and its safe near-exact groups (no descriptors
+    yet). One image per exact group is what embed_pool embeds: every hash pair beyond the
+    safe radius is for the dedup stage to confirm by descriptor, so those need one."""
     stats = hash_and_dedup([b.pool_manifest], b.dir("hash"), config=b.config.dedup,
                            progress=b.progress, runner=b.engine.runner("hash"))  # fmt: skip
-    kept = set(_kept_ids(b.hash_groups))
+    unique = set(_exact_representatives(b.hash_groups))
     rows = [{"id": r["id"], **row_location(r)} for r in read_image_rows([b.pool_manifest])
-            if r["id"] in kept]  # fmt: skip
+            if r["id"] in unique]  # fmt: skip
     write_image_manifest(rows, b.kept_manifest, root=b.out)
     return {"funnel": stats["funnel"], "kept": len(rows)}
 
 
-def _kept_ids(dedup_manifest: Path) -> list[str]:
-    table = read_manifest([dedup_manifest], DEDUP, ["id", "keep"])
-    return table.filter(pc.field("keep")).column("id").to_pylist()
+def _exact_representatives(dedup_manifest: Path) -> list[str]:
+    table = read_manifest([dedup_manifest], DEDUP, ["id", "reason"])
+    exact = pc.fill_null(pc.equal(table.column("reason"), Reason.EXACT_DUPLICATE.value), False)
+    return table.filter(pc.invert(exact)).column("id").to_pylist()
 
 
 def embed_pool(b: Build) -> dict[str, Any]:
-    """Descriptors of the hash-group representatives: the retrieval model's, and the copy
+    """Descriptors of one image per exact group: the retrieval model's, and the copy
     model's when the recipe names another (SSCD for copies, ViT-H/16 for retrieval)."""
     models = dict.fromkeys([b.config.model, b.copy_model])
     return {m: b.embed([b.kept_manifest], b.pool_embeddings(m), m, "embed_pool") for m in models}

@@ -1,4 +1,4 @@
-"""Counts that must agree between the stages of a build: URLs -> images -> hash-group
+"""Counts that must agree between the stages of a build: URLs -> images -> exact-group
 representatives -> embedded -> kept -> curated. A stage whose output does not add up with
 its input stops the build, naming both numbers, instead of losing rows without a word."""
 
@@ -34,24 +34,25 @@ def _hash(s: Summary, done: dict[str, Summary]) -> list[str]:
     problems = _funnel_narrows(f)
     if f["raw"] != images:
         problems.append(f"{f['raw']} images hashed != {images} images crawled")
-    if s["kept"] != f["after_hash"]:
-        problems.append(f"{s['kept']} rows in the kept manifest != {f['after_hash']} "
-                        "hash-group representatives")  # fmt: skip
+    if s["kept"] != f["after_exact"]:
+        problems.append(f"{s['kept']} rows in the kept manifest != {f['after_exact']} "
+                        "exact-group representatives")  # fmt: skip
     return problems
 
 
 def _embed_pool(s: Summary, done: dict[str, Summary]) -> list[str]:
     kept = done["hash"]["kept"]
-    return [f"{model}: {c['embedded']} embedded + {c['failed']} failed != {kept} representatives"
+    return [f"{model}: {c['embedded']} embedded + {c['failed']} failed != {kept} images to "
+            "embed (one per exact group)"
             for model, c in s.items() if c["embedded"] + c["failed"] != kept]  # fmt: skip
 
 
 def _dedup(s: Summary, done: dict[str, Summary]) -> list[str]:
     f, hashed = s["funnel"], done["hash"]["funnel"]
     problems = _funnel_narrows(f)
-    if (f["raw"], f["after_hash"]) != (hashed["raw"], hashed["after_hash"]):
-        problems.append(f"{f['raw']} images, {f['after_hash']} after hash dedup != the hash "
-                        f"stage's {hashed['raw']}, {hashed['after_hash']}")  # fmt: skip
+    if (f["raw"], f["after_exact"]) != (hashed["raw"], hashed["after_exact"]):
+        problems.append(f"{f['raw']} images, {f['after_exact']} after exact dedup != the hash "
+                        f"stage's {hashed['raw']}, {hashed['after_exact']}")  # fmt: skip
     return problems
 
 

@@ -23,6 +23,8 @@ import pytest
 import torch
 import yaml
 
+from curation.dedup.stage import hash_and_dedup
+from curation.embed import embed_manifests, load_embedder
 from manifests.config import ConfigError, load_config
 from manifests.embeddings import EmbeddingStore
 from manifests.errors import ManifestError
@@ -34,7 +36,7 @@ from pipelines.build import MissingStageError, run_build
 from pipelines.curation_config import CurationConfig
 from pipelines.demo.run import demo_web
 from pipelines.engines.local import LocalEngine
-from pipelines.lvd_stages import STAGE_NAMES
+from pipelines.lvd_stages import STAGE_NAMES, Build
 from training.data.dataset import ManifestImageDataset
 
 N_PHOTOS = 96  # + their copies: enough for the PCA hash, several shards per stage
@@ -101,6 +103,22 @@ def test_demo_build_runs_every_stage_and_reconciles(web, local_build):
     assert max(r["best_similarity"] for r in sample) > 0.9
     dataset = ManifestImageDataset.from_manifests([out / "retrieve" / "lvd"])
     assert all(dataset[i] is not None for i in range(len(dataset)))  # the trainer reads it
+
+
+def test_the_build_dedups_like_the_standalone_commands(web, local_build, tmp_path):
+    """build_lvd embeds one image per exact group; pipelines.embed + pipelines.dedup embed
+    every image: the same groups, kept images and reasons either way."""
+    _, config = web
+    out, _ = local_build
+    build = Build(out, config, LocalEngine())
+    embed_manifests([build.pool_manifest], load_embedder(build.copy_model), tmp_path / "emb",
+                    config.embed, progress=False)  # fmt: skip
+    evaluation = [build.eval_embeddings(name) for name in config.evaluation_sets]
+    hash_and_dedup([build.pool_manifest], tmp_path, tmp_path / "emb", evaluation, config.dedup,
+                   progress=False)  # fmt: skip
+    cli = read_manifest([tmp_path / "dedup"], DEDUP)
+    assert dedup_table(out).equals(cli)
+    assert dict(Counter(cli.column("reason").to_pylist()))["hash_duplicate"] > 0
 
 
 def test_a_rerun_skips_finished_stages_and_a_changed_setting_reruns_what_depends_on_it(

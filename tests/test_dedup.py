@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -22,7 +23,14 @@ from builders import jpeg_bytes, path_manifest, skimage_photos
 from curation.dedup.copy_graph import CopyGraphConfig, DescriptorSpace
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes
 from curation.dedup.policy import representatives
-from curation.dedup.stage import DedupConfig, copy_settings, hash_and_dedup
+from curation.dedup.stage import (
+    DedupConfig,
+    copy_settings,
+    deduplicate,
+    hash_and_dedup,
+    hash_pool,
+    image_reader,
+)
 from curation.dedup.union_find import UnionFind
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
 from manifests.config import load_config
@@ -130,6 +138,30 @@ def test_groups_components_and_kept_images_match_the_ground_truth(pool, tmp_path
     assert json.loads((tmp_path / "dedup_stats.json").read_text())["funnel"] == funnel
 
 
+def test_a_hash_pair_beyond_the_safe_radius_needs_the_descriptor(pool, tmp_path):
+    """A pHash 3 bits apart (within phash_radius 8, beyond the safe 2) joins a copy, which
+    the descriptor confirms, but not two different photos, nor anything unconfirmed."""
+    config = DedupConfig(num_workers=0, pca_radius=0, pca_safe_radius=0, copy=SMALL_POOL)
+    hashes = hash_pool([pool["manifest"]], tmp_path, config, progress=False).read()
+    ids = hashes.column("id").to_pylist()
+    phash = hashes.column("phash").to_numpy().copy()
+    planted = {"grass": "brick", "coffee-flip": "coffee"}  # different photos | a copy
+    for member, of in planted.items():
+        phash[ids.index(member)] = phash[ids.index(of)] ^ (1 << 3 | 1 << 20 | 1 << 40)
+    hashes = hashes.set_column(hashes.schema.get_field_index("phash"), "phash", pa.array(phash))
+    reader = image_reader([pool["manifest"]], ids)
+
+    def joined(config: DedupConfig, embeddings: EmbeddingStore | None) -> dict[str, bool]:
+        table, _ = deduplicate(hashes, embeddings, [], config, reader)
+        group = table.column("hash_group").to_numpy()
+        return {m: bool(group[ids.index(m)] == group[ids.index(of)]) for m, of in planted.items()}
+
+    assert joined(config, EmbeddingStore(pool["emb"])) == {"grass": False, "coffee-flip": True}
+    assert joined(config, None) == {"grass": False, "coffee-flip": False}
+    trusting = replace(config, phash_safe_radius=3)
+    assert joined(trusting, None) == {"grass": True, "coffee-flip": True}
+
+
 def test_hash_only_without_embeddings(pool, tmp_path):
     stats = hash_and_dedup([pool["manifest"]], tmp_path, config=DedupConfig(num_workers=0),
                       progress=False)  # fmt: skip
@@ -166,7 +198,7 @@ def test_multi_index_hashing_finds_the_same_pairs_as_brute_force():
         codes[i + 1, bits // 8] ^= (1 << (bits % 8)).astype(np.uint8)
     flat = set(zip(*(x.tolist() for x in hamming_pairs(codes, 4)), strict=True))
     multi = set(zip(*(x.tolist() for x in hamming_pairs(codes, 4, flat_max=0)), strict=True))
-    planted = {(i, i + 1) for i in range(0, 600, 2) if i % 6 <= 4}
+    planted = {(i, i + 1, i % 6) for i in range(0, 600, 2) if i % 6 <= 4}  # with distances
     assert planted <= flat and flat == multi
 
 

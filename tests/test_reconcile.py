@@ -10,8 +10,8 @@ from pipelines.reconcile import CountMismatchError, check_counts
 
 CRAWL = {"urls": 10, "ok": 7, "error_codes": {"http_4xx": 2, "timeout": 1}}
 FUNNEL = {"raw": 7, "after_exact": 6, "after_hash": 5, "after_copy": 5, "after_relative": 5}
-HASH = {"funnel": FUNNEL, "kept": 5}
-EMBED = {"efficientnet_lite0": {"embedded": 4, "failed": 1, "shards_skipped": 0}}
+HASH = {"funnel": FUNNEL, "kept": 6}  # one image per exact group
+EMBED = {"efficientnet_lite0": {"embedded": 5, "failed": 1, "shards_skipped": 0}}
 DEDUP = {"funnel": {**FUNNEL, "after_copy": 4, "after_relative": 3}, "reasons": {}}
 
 
@@ -32,13 +32,13 @@ def test_a_build_whose_counts_add_up_passes():
         ("crawl", {**CRAWL, "ok": 6}, {}, "6 images + 3 failed URLs != 10 URLs"),
         ("hash", {**HASH, "funnel": {**FUNNEL, "raw": 6, "after_exact": 5}}, {"crawl": CRAWL},
          "6 images hashed != 7 images crawled"),
-        ("hash", {**HASH, "kept": 4}, {"crawl": CRAWL}, "4 rows in the kept manifest != 5"),
-        ("hash", {**HASH, "funnel": {**FUNNEL, "after_hash": 7}, "kept": 7}, {"crawl": CRAWL},
+        ("hash", {**HASH, "kept": 4}, {"crawl": CRAWL}, "4 rows in the kept manifest != 6 exact-group representatives"),
+        ("hash", {**HASH, "funnel": {**FUNNEL, "after_hash": 7}}, {"crawl": CRAWL},
          "after_hash (7) holds more images than after_exact (6)"),
         ("embed_pool", {"m": {"embedded": 3, "failed": 1}}, {"hash": HASH},
-         "m: 3 embedded + 1 failed != 5 representatives"),
+         "m: 3 embedded + 1 failed != 6 images to embed (one per exact group)"),
         ("dedup", {**DEDUP, "funnel": {**DEDUP["funnel"], "raw": 8}}, {"hash": HASH},
-         "8 images, 5 after hash dedup != the hash stage's 7, 5"),
+         "8 images, 6 after exact dedup != the hash stage's 7, 6"),
         ("retrieve", {"images": 3, "candidates": 1}, {"dedup": DEDUP, "embed_pool": EMBED},
          "1 retrieval candidates, but dedup kept 3 images of which 1 could not be embedded"),
     ],

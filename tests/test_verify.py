@@ -16,7 +16,8 @@ from curation.dedup.copy_graph import CopyGraphConfig
 from curation.dedup.verify import INCONCLUSIVE, Fit, GeometricVerifier, accept_candidates
 from pipelines.demo.near_duplicates import edited_copy
 
-CRITERIA = CopyGraphConfig().criteria  # the stage's defaults
+DEFAULTS = CopyGraphConfig()  # the stage's
+CRITERIA = DEFAULTS.criteria
 
 
 def _skimage(name: str) -> Image.Image:
@@ -32,6 +33,13 @@ def _captioned_shape(ellipse: bool) -> Image.Image:
     draw = ImageDraw.Draw(image)
     (draw.ellipse if ellipse else draw.rectangle)((150, 40, 300, 160), fill="black")
     return edited_copy(image, "text", 0)  # same seed: same caption, same place
+
+
+def _small_object(photos: dict[str, Image.Image]) -> Image.Image:
+    """A small object on a plain background: few keypoints to match."""
+    image = Image.new("RGB", (384, 288), (90, 140, 120))
+    image.paste(photos["coffee"].resize((72, 54)), (200, 150))
+    return image
 
 
 def _two_planes(photos: dict[str, Image.Image], shift: int) -> Image.Image:
@@ -63,12 +71,14 @@ def images() -> list[bytes]:
         _captioned_shape(ellipse=False),              # 11
         _two_planes(large, 0),                        # 12: two planes, two views
         _two_planes(large, 72),                       # 13
+        _small_object(photos),                        # 14: a small object ...
+        edited_copy(_small_object(photos), "resize", 5),  # 15: ... and its copy
     )]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def verifier(images) -> GeometricVerifier:
-    return GeometricVerifier(lambda row: images[row])
+    return GeometricVerifier(lambda row: images[row], features=DEFAULTS.verify_features)
 
 
 @pytest.mark.parametrize("copy", [1, 2, 3, 4])
@@ -102,6 +112,19 @@ def test_a_shared_caption_is_not_a_shared_image(verifier):
     fit = verifier.fit(10, 11)
     assert fit.inliers >= CRITERIA.min_inliers and fit.residual_px <= CRITERIA.max_residual_px
     assert fit.coverage < CRITERIA.min_coverage and not CRITERIA.holds(fit), fit
+
+
+def test_a_small_object_with_few_keypoints_is_verified_by_their_share(verifier):
+    fit = verifier.fit(14, 15)
+    assert fit.conclusive and fit.inliers < CRITERIA.min_inliers, fit  # too few for the rule
+    assert fit.inliers >= CRITERIA.inliers_needed(fit.keypoints) and CRITERIA.holds(fit), fit
+
+
+def test_the_inliers_needed_scale_with_the_keypoints_between_floor_and_rule():
+    assert CRITERIA.inliers_needed(10_000) == CRITERIA.min_inliers
+    assert CRITERIA.inliers_needed(0) == CRITERIA.min_inliers_floor
+    few = int(CRITERIA.min_inliers / CRITERIA.min_keypoint_share) - 10
+    assert CRITERIA.min_inliers_floor < CRITERIA.inliers_needed(few) < CRITERIA.min_inliers
 
 
 def test_a_featureless_image_is_inconclusive(verifier):

@@ -37,13 +37,18 @@ class CopyGraphConfig:
     normalize: str | None = None  # none | center | whiten (see DescriptorSpace)
     # geometric verification (curation.dedup.verify) of candidates with cosine in
     # [verify_from, verify_until); null: the model's recommendation (the paper: off).
-    # A verified copy has min_inliers matches (and min_inlier_fraction of them) on one
-    # similarity transform, fitting it to a median max_residual_px (see verify.Fit) and
-    # spanning min_coverage of the keypoints' hull; chosen with benchmarks/dedup_quality.py
+    # A verified copy has min_inliers matches (or, for an image with few keypoints,
+    # min_keypoint_share of them, at least min_inliers_floor; and min_inlier_fraction of
+    # the matches) on one similarity transform, fitting it to a median max_residual_px
+    # (see verify.Fit) and spanning min_coverage of the keypoints' hull, with
+    # verify_features ORB keypoints per image; chosen with benchmarks/dedup_quality.py
     verify: bool | None = None
-    verify_from: float = 0.5
+    verify_from: float = 0.25
     verify_until: float = 0.9
     min_inliers: int = bounded(40, at_least=2)
+    min_keypoint_share: float = bounded(0.3, at_least=0, at_most=1)
+    min_inliers_floor: int = bounded(15, at_least=2)
+    verify_features: int = bounded(2000, at_least=100)  # ORB keypoints per image
     min_inlier_fraction: float = 0.6
     max_residual_px: float = 1.0
     min_coverage: float = 0.35
@@ -57,7 +62,13 @@ class CopyGraphConfig:
     @property
     def criteria(self) -> CopyCriteria:
         return CopyCriteria(self.min_inliers, self.min_inlier_fraction, self.max_residual_px,
-                            self.min_coverage)  # fmt: skip
+                            self.min_coverage, self.min_keypoint_share,
+                            self.min_inliers_floor)  # fmt: skip
+
+    def ivf_factory(self, n: int) -> str:
+        """The faiss index of a pool of ``n`` beyond ``exact_max``: 4 sqrt(n) cells, flat
+        codes (the graph needs true cosines, so no PQ)."""
+        return f"IVF{max(1, int(4 * math.sqrt(n)))},Flat"
 
     def resolved(self, recommended: dict[str, Any] | None) -> CopyGraphConfig:
         """A copy with every unset setting filled in from ``recommended``, else the paper's."""
@@ -112,10 +123,9 @@ class DescriptorSpace:
 
 
 def build_index(base: np.ndarray, config: CopyGraphConfig) -> faiss.Index:
-    """Exact inner-product search up to ``exact_max`` vectors, IVF-Flat beyond (the graph
-    needs true cosines, so no PQ); on all GPUs when faiss sees one."""
-    nlist = max(1, int(4 * math.sqrt(len(base))))
-    search = SearchConfig(exact_max=config.exact_max, factory=f"IVF{nlist},Flat",
+    """Exact inner-product search up to ``exact_max`` vectors, IVF beyond; on all GPUs
+    when faiss sees one."""
+    search = SearchConfig(exact_max=config.exact_max, factory=config.ivf_factory(len(base)),
                           nprobe=config.nprobe, use_gpu=config.use_gpu)  # fmt: skip
     return build_search_index(base, search)
 

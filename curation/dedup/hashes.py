@@ -80,8 +80,8 @@ class PCAHash:
 
 def hamming_pairs(
     codes: np.ndarray, radius: int, flat_max: int = 200_000, chunk: int = 50_000
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j), i < j, of codes within Hamming distance ``radius``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j), i < j, of codes within Hamming distance ``radius``, and their distances.
 
     Up to ``flat_max`` codes: brute force (IndexBinaryFlat). Beyond: multi-index hashing
     (IndexBinaryMultiHash) with radius + 1 substrings, exact by the pigeonhole principle:
@@ -95,11 +95,12 @@ def hamming_pairs(
         n_hash = radius + 1
         index = faiss.IndexBinaryMultiHash(bits, n_hash, bits // n_hash)
     index.add(codes)
-    firsts, seconds = [], []
+    firsts, seconds, distances = [], [], []
     for start in range(0, n, chunk):
-        lims, _, found = index.range_search(codes[start : start + chunk], radius + 1)
+        lims, bits_apart, found = index.range_search(codes[start : start + chunk], radius + 1)
         queries = start + np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
         keep = queries < found
         firsts.append(queries[keep])
         seconds.append(found[keep])
-    return np.concatenate(firsts), np.concatenate(seconds)
+        distances.append(bits_apart[keep].astype(np.int32))
+    return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(distances)

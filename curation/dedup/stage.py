@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,13 @@ log = logging.getLogger(__name__)
 class DedupConfig:
     rows_per_shard: int = bounded(10_000, at_least=1)
     num_workers: int = bounded(2, at_least=0)  # hashing processes
-    phash_radius: int = bounded(8, at_least=0, at_most=64)  # Hamming bits, inclusive
+    # hash pairs within a radius (Hamming bits, inclusive) are candidates; those within the
+    # safe radius are copies outright, the others only if the copy descriptor agrees
+    phash_radius: int = bounded(8, at_least=0, at_most=64)
+    phash_safe_radius: int = bounded(2, at_least=0, at_most=64)
     pca_bits: int = bounded(64, at_least=1)
     pca_radius: int = bounded(4, at_least=0)
+    pca_safe_radius: int = bounded(1, at_least=0)
     pca_sample: int = 100_000  # thumbnails the PCA is fitted on
     keep: str = "largest"  # curation.dedup.policy.KEEP_POLICIES
     copy: CopyGraphConfig = field(default_factory=CopyGraphConfig)
@@ -126,11 +130,6 @@ def hash_shard(
     ShardedParquet(root, HASHES).write(index, table)
 
 
-def _union_pairs(uf: UnionFind, pairs: tuple[np.ndarray, np.ndarray]) -> int:
-    uf.union(*pairs)
-    return len(pairs[0])
-
-
 def aligned_vectors(ids: list[str], store: EmbeddingStore) -> tuple[np.ndarray, np.ndarray]:
     """(rows of the pool that have a vector, those vectors), from an embedding directory."""
     emb_ids, vectors = store.read()
@@ -140,7 +139,7 @@ def aligned_vectors(ids: list[str], store: EmbeddingStore) -> tuple[np.ndarray, 
     if unknown:
         log.warning("%s: %d embedded ids are not in the pool; ignored", store.root, unknown)
     missing = len(ids) - int((rows >= 0).sum())
-    if missing:  # build_lvd embeds only the representatives of hash groups
+    if missing:  # build_lvd embeds one image per exact group
         log.info("%d pool images have no embedding: no copy edges of their own", missing)
     return rows[rows >= 0], vectors[rows >= 0]
 
@@ -164,6 +163,70 @@ def image_reader(manifests: list[str | Path], ids: list[str]) -> Callable[[int],
     return lambda row: images.read(rows[row])
 
 
+def hash_pairs(
+    hashes: pa.Table, rows: np.ndarray, config: DedupConfig, stats: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pHash and PCA-hash pairs (a, b) of ``rows`` within their radii, and whether each is
+    within a safe radius: near-exact copies that need no second look."""
+    phash = int64_codes(hashes.column("phash").take(rows).to_numpy())
+    i, j, bits = hamming_pairs(phash, config.phash_radius)
+    found = [(i, j, bits <= config.phash_safe_radius)]
+    stats["edges"]["phash"] = len(i)
+    if len(rows) < 2 * config.pca_bits:
+        log.warning("PCA hash skipped: %d images, fewer than 2 x %d bits", len(rows),
+                    config.pca_bits)  # fmt: skip
+    else:
+        thumbs = hashes.column("thumb").take(rows).to_pylist()
+        pca = PCAHash(config.pca_bits).fit(thumbs, config.pca_sample)
+        i, j, bits = hamming_pairs(pca.codes(thumbs), config.pca_radius)
+        found.append((i, j, bits <= config.pca_safe_radius))
+        stats["edges"]["pca_hash"] = len(i)
+    a, b, safe = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return rows[a], rows[b], safe
+
+
+class CopyJudge:
+    """Which candidate pairs of pool rows are copies, by the descriptors of the pool's
+    unique images (one per exact group): cosine above the threshold, or, with geometric
+    verification, what :func:`accept_candidates` decides."""
+
+    def __init__(self, copy: CopyGraphConfig, vector_rows: np.ndarray, vectors: np.ndarray,
+                 n: int, read_image: Callable[[int], bytes] | None) -> None:  # fmt: skip
+        self.copy, self.rows, self.vectors = copy, vector_rows, vectors
+        self.position = np.full(n, -1, np.int64)
+        self.position[vector_rows] = np.arange(len(vector_rows))
+        self.verifier = _verifier(copy, read_image, vector_rows)
+        self.outcomes: dict[str, int] = {}
+
+    @property
+    def candidate_threshold(self) -> float:
+        return self.copy.verify_from if self.verifier else self.copy.threshold
+
+    def knn_candidates(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Chunks of (vector row, vector row, cosine) from the kNN graph."""
+        yield from knn_edges(self.vectors, replace(self.copy, threshold=self.candidate_threshold))
+
+    def pair_candidates(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Pool-row pairs -> (vector row, vector row, cosine), those with descriptors both."""
+        va, vb = self.position[a], self.position[b]
+        both = (va >= 0) & (vb >= 0)
+        va, vb = va[both], vb[both]
+        return va, vb, np.einsum("ij,ij->i", self.vectors[va], self.vectors[vb])
+
+    def copies(self, a: np.ndarray, b: np.ndarray, cosine: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The pool rows (a, b) of the candidate vector-row pairs that are copies."""
+        keep = cosine > self.candidate_threshold
+        a, b, cosine = a[keep], b[keep], cosine[keep]
+        if self.verifier is not None:
+            c = self.copy
+            keep, outcome = accept_candidates(a, b, cosine, self.verifier, c.threshold,
+                                              c.verify_until, c.criteria)  # fmt: skip
+            a, b = a[keep], b[keep]
+            for key, count in outcome.items():
+                self.outcomes[key] = self.outcomes.get(key, 0) + count
+        return self.rows[a], self.rows[b]
+
+
 def deduplicate(
     hashes: pa.Table,
     embeddings: EmbeddingStore | None,
@@ -172,13 +235,16 @@ def deduplicate(
     read_image: Callable[[int], bytes] | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """The dedup manifest (schema ``dedup/1``) for the rows of ``hashes``, and its stats.
-    ``read_image(row)`` gives a row's image bytes, for geometric verification."""
+    ``read_image(row)`` gives a row's image bytes, for geometric verification.
+
+    Only one image per exact group takes part beyond the exact level (its descriptor is
+    the group's; copies of its bytes add nothing), so a pool embedded in full and one whose
+    exact duplicates were never embedded give the same result."""
     ids = hashes.column("id").to_pylist()
     n = len(ids)
     ok = hashes.column("ok").to_numpy(zero_copy_only=False)
     pixels = hashes.column("pixels").fill_null(0).to_numpy()
-    stats: dict[str, Any] = {"images": n, "undecodable": int((~ok).sum()), "edges": {},
-                             "verification": {}}  # fmt: skip
+    stats: dict[str, Any] = {"images": n, "undecodable": int((~ok).sum()), "edges": {}}
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
@@ -187,55 +253,53 @@ def deduplicate(
     exact = components_of_equal_values(sha.astype(str), has_sha)
     uf = UnionFind(n)
     uf.union(np.arange(n), exact)
+    exact_rep = representatives(exact, pixels, ids, config.keep)
+    unique = np.flatnonzero(ok & (exact_rep == np.arange(n)))
     timings["exact_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    rows = np.flatnonzero(ok)
-    if len(rows):
-        phash = int64_codes(hashes.column("phash").take(rows).to_numpy())
-        i, j = hamming_pairs(phash, config.phash_radius)
-        stats["edges"]["phash"] = _union_pairs(uf, (rows[i], rows[j]))
-    if len(rows) < 2 * config.pca_bits:
-        log.warning("PCA hash skipped: %d images, fewer than 2 x %d bits", len(rows),
-                    config.pca_bits)  # fmt: skip
-    else:
-        thumbs = hashes.column("thumb").to_pylist()
-        thumbs = [thumbs[r] for r in rows]
-        pca = PCAHash(config.pca_bits).fit(thumbs, config.pca_sample)
-        i, j = hamming_pairs(pca.codes(thumbs), config.pca_radius)
-        stats["edges"]["pca_hash"] = _union_pairs(uf, (rows[i], rows[j]))
-    hash_groups = uf.labels()
+    a, b, safe = hash_pairs(hashes, unique, config, stats) if len(unique) else ((),) * 3
+    uf.union(a[safe], b[safe])
+    stats["edges"]["hash_safe"] = int(safe.sum())
+    unsure = a[~safe], b[~safe]
     timings["hash_s"] = time.perf_counter() - started
 
     tainted = np.zeros(n, bool)
+    judge = None
     if embeddings is not None:
         started = time.perf_counter()
         copy = copy_settings(config.copy, embeddings, evaluation)
         stats["copy_settings"] = {k: getattr(copy, k) for k in PAPER_COPY_SETTINGS}
         emb_rows, raw = aligned_vectors(ids, embeddings)
+        is_unique = np.isin(emb_rows, unique)
+        emb_rows, raw = emb_rows[is_unique], raw[is_unique]
         space = DescriptorSpace(copy.normalize, copy.whiten_dim).fit(raw)
-        vectors = space.apply(raw)
+        judge = CopyJudge(copy, emb_rows, space.apply(raw), n, read_image)
+        confirmed = judge.copies(*judge.pair_candidates(*unsure))
+        uf.union(*confirmed)
+        stats["edges"]["hash_confirmed"] = len(confirmed[0])
+    stats["edges"]["hash_unconfirmed"] = len(unsure[0]) - stats["edges"].get("hash_confirmed", 0)
+    hash_groups = uf.labels()
+
+    if judge is not None:
         stats["edges"]["copy"] = 0
-        verifier = _verifier(copy, read_image, emb_rows)
-        candidates = replace(copy, threshold=copy.verify_from) if verifier else copy
-        for a, b, cosine in knn_edges(vectors, candidates):
-            if verifier is not None:
-                keep, outcome = accept_candidates(a, b, cosine, verifier, copy.threshold,
-                                                  copy.verify_until, copy.criteria)  # fmt: skip
-                a, b = a[keep], b[keep]
-                for key, count in outcome.items():
-                    stats["verification"][key] = stats["verification"].get(key, 0) + count
-            stats["edges"]["copy"] += _union_pairs(uf, (emb_rows[a], emb_rows[b]))
+        for chunk in judge.knn_candidates():
+            edges = judge.copies(*chunk)
+            uf.union(*edges)
+            stats["edges"]["copy"] += len(edges[0])
+        stats["verification"] = judge.outcomes
         timings["copy_s"] = time.perf_counter() - started
         started = time.perf_counter()
         for store in evaluation:
             eval_vectors = space.apply(store.read()[1])
-            tainted[emb_rows[_near(vectors, eval_vectors, copy)]] = True
+            tainted[judge.rows[_near(judge.vectors, eval_vectors, judge.copy)]] = True
         timings["relative_s"] = time.perf_counter() - started
+    elif len(unsure[0]):
+        log.warning("%d hash pairs beyond the safe radius left unconfirmed: no descriptors "
+                    "to check them with", len(unsure[0]))  # fmt: skip
     components = uf.labels()
     tainted = np.isin(components, components[tainted])
 
-    exact_rep = representatives(exact, pixels, ids, config.keep)
     hash_rep = representatives(hash_groups, pixels, ids, config.keep)
     copy_rep = representatives(components, pixels, ids, config.keep)
     keep = (copy_rep == np.arange(n)) & ~tainted
@@ -264,7 +328,9 @@ def _verifier(
         return None
     if read_image is None:
         raise ValueError("copy.verify needs the pool's images (read_image); or set copy.verify")
-    return GeometricVerifier(lambda row: read_image(int(emb_rows[row])))
+    return GeometricVerifier(
+        lambda row: read_image(int(emb_rows[row])), features=copy.verify_features
+    )
 
 
 def _near(vectors: np.ndarray, evaluation: np.ndarray, copy: CopyGraphConfig) -> np.ndarray:

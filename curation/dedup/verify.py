@@ -57,6 +57,7 @@ class Fit:
     inlier_fraction: float = 0.0  # of the matches that pass the ratio test
     residual_px: float = math.inf  # the inliers' median distance from the transform *
     coverage: float = 0.0  # inliers' convex hull / all keypoints', the larger of the two
+    keypoints: int = 0  # of the image with fewer
 
     # * in working-side pixels divided by the larger enlargement of the two images: an
     # enlarged image's keypoints are that much less precise
@@ -75,10 +76,18 @@ class CopyCriteria:
     min_inlier_fraction: float
     max_residual_px: float
     min_coverage: float
+    # an image with few keypoints (a small object on a plain background) cannot give
+    # min_inliers: this share of its keypoints will do, down to a floor
+    min_keypoint_share: float = 1.0
+    min_inliers_floor: int = 40
+
+    def inliers_needed(self, keypoints: int) -> int:
+        share = int(math.ceil(self.min_keypoint_share * keypoints))
+        return max(self.min_inliers_floor, min(self.min_inliers, share))
 
     def holds(self, fit: Fit) -> bool:
         return (
-            fit.inliers >= self.min_inliers
+            fit.inliers >= self.inliers_needed(fit.keypoints)
             and fit.inlier_fraction >= self.min_inlier_fraction
             and fit.residual_px <= self.max_residual_px
             and fit.coverage >= self.min_coverage
@@ -164,7 +173,8 @@ def _fit(fa: Features, fb: Features) -> Fit:
     residuals = np.linalg.norm(src @ transform[:, :2].T + transform[:, 2] - dst, axis=1)
     residual = float(np.median(residuals)) / max(fa.enlarged, fb.enlarged)
     coverage = max(_hull_area(src) / fa.hull_area, _hull_area(dst) / fb.hull_area)
-    return Fit(int(inlier.sum()), float(inlier.mean()), residual, coverage)
+    keypoints = min(len(fa.xy), len(fb.xy))
+    return Fit(int(inlier.sum()), float(inlier.mean()), residual, coverage, keypoints)
 
 
 def _hull_area(points: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """Edited copies of an image, as copy detection must find them: re-compression, resizing,
-cropping, colour changes, flips, overlaid text and borders. Used by the demo, the tests
-and ``benchmarks/dedup_quality.py``."""
+cropping, colour changes, flips, overlaid text, borders, rotation, blur and grayscale. Used
+by the demo, the tests and ``benchmarks/dedup_quality.py``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 Transform = Callable[[Image.Image, np.random.Generator], Image.Image]
 
@@ -57,9 +57,22 @@ def _border(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return ImageOps.expand(image, border=width, fill=colour)
 
 
+def _rotate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    angle = rng.uniform(5, 15) * rng.choice([-1, 1])
+    return image.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
+
+
+def _blur(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.5)))
+
+
+def _grayscale(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return ImageOps.grayscale(image).convert("RGB")
+
+
 TRANSFORMS: dict[str, Transform] = {
     "jpeg": _jpeg, "resize": _resize, "crop": _crop, "colour": _colour, "flip": _flip,
-    "text": _text, "border": _border,
+    "text": _text, "border": _border, "rotate": _rotate, "blur": _blur, "grayscale": _grayscale,
 }  # fmt: skip
 
 

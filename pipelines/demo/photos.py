@@ -4,6 +4,7 @@ scikit-image's bundled data."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import imagehash
@@ -47,13 +48,16 @@ def real_photos(
     min_std: float = 20.0,
     limit: int | None = None,
     max_bits: int = 8,
+    compose: Callable[[str, Image.Image], Image.Image] | None = None,
 ) -> dict[str, Image.Image]:
     """Distinct RGB photos from the installed packages (name -> image at most ``max_side``),
     transparency flattened onto white: near-blank ones (grey-level std below ``min_std``:
     some stamps flatten to white) are left out, and so is any image whose pHash, or its
     mirror image's, is within ``max_bits`` of one already taken (the packages hold copies
     themselves: one glyph in two sizes, ``*_mirror`` stamps, a render and its mirror), so
-    that the only copies are the ones a caller makes. ``limit``: stop after that many."""
+    that the only copies are the ones a caller makes. ``limit``: stop after that many.
+    ``compose(name, rgba)``: the RGB image to return instead (e.g. the object on another
+    background); the checks above are made on the white-flattened image."""
     images, seen = {}, []
     for path in _image_files():
         if limit is not None and len(images) >= limit:
@@ -72,5 +76,12 @@ def real_photos(
         codes = (imagehash.phash(image), imagehash.phash(ImageOps.mirror(image)))
         if all(code - other > max_bits for code in codes for other in seen):
             seen.append(codes[0])
-            images[f"{path.parent.name}/{path.stem}"] = image
+            name = f"{path.parent.name}/{path.stem}"
+            images[name] = image if compose is None else compose(name, _fitted(rgba, max_side))
     return images
+
+
+def _fitted(image: Image.Image, max_side: int) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((max_side, max_side))
+    return image

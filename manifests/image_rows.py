@@ -9,6 +9,7 @@ the manifest is read. Every stage and the trainer read images through this modul
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,13 @@ class ImageBytesReader:
 
     def __init__(self) -> None:
         self._shards: dict[str, ImageShardReader] = {}
+        self._indexing = threading.Lock()  # threads share it: each tar is indexed once
 
     def read(self, row: ImageRow) -> bytes:
         if row["key"] is None:
             return Path(row["source"]).read_bytes()
-        shard = self._shards.get(row["source"])
-        if shard is None:
-            shard = self._shards[row["source"]] = ImageShardReader(row["source"])
+        with self._indexing:
+            shard = self._shards.get(row["source"])
+            if shard is None:
+                shard = self._shards[row["source"]] = ImageShardReader(row["source"])
         return shard.read_image(row["key"])

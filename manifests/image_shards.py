@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,7 @@ class ImageShardReader:
         except (OSError, tarfile.TarError) as exc:
             raise ManifestError(f"{self.path}: not a readable tar shard ({exc})") from exc
         self._file: io.BufferedReader | None = None
+        self._opening = threading.Lock()  # one file for every thread (the verifier's)
 
     def keys(self) -> list[str]:
         return sorted({name.partition(".")[0] for name in self._index})
@@ -161,8 +163,9 @@ class ImageShardReader:
         if name not in self._index:
             raise KeyError(f"{self.path}: no member {name}")
         offset, size = self._index[name]
-        if self._file is None:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for repeated reads
+        with self._opening:
+            if self._file is None:
+                self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for repeated reads
         return os.pread(self._file.fileno(), size, offset)  # positional: safe across threads
 
     def read_image(self, key: str) -> bytes:

@@ -144,10 +144,10 @@ def test_a_hash_pair_beyond_the_safe_radius_needs_the_descriptor(pool, tmp_path)
     config = DedupConfig(num_workers=0, pca_radius=0, pca_safe_radius=0, copy=SMALL_POOL)
     hashes = hash_pool([pool["manifest"]], tmp_path, config, progress=False).read()
     ids = hashes.column("id").to_pylist()
-    phash = hashes.column("phash").to_numpy().copy()
+    phash = hashes.column("phash").fill_null(0).to_numpy().copy()  # null: the broken image
     planted = {"grass": "brick", "coffee-flip": "coffee"}  # different photos | a copy
     for member, of in planted.items():
-        phash[ids.index(member)] = phash[ids.index(of)] ^ (1 << 3 | 1 << 20 | 1 << 40)
+        phash[ids.index(member)] = phash[ids.index(of)] ^ np.int64(1 << 3 | 1 << 20 | 1 << 40)
     hashes = hashes.set_column(hashes.schema.get_field_index("phash"), "phash", pa.array(phash))
     reader = image_reader([pool["manifest"]], ids)
 
@@ -198,7 +198,9 @@ def test_multi_index_hashing_finds_the_same_pairs_as_brute_force():
         codes[i + 1, bits // 8] ^= (1 << (bits % 8)).astype(np.uint8)
     flat = set(zip(*(x.tolist() for x in hamming_pairs(codes, 4)), strict=True))
     multi = set(zip(*(x.tolist() for x in hamming_pairs(codes, 4, flat_max=0)), strict=True))
-    planted = {(i, i + 1, i % 6) for i in range(0, 600, 2) if i % 6 <= 4}  # with distances
+    bits_apart = np.unpackbits(codes[0:600:2] ^ codes[1:600:2], axis=1).sum(axis=1)
+    planted = {(i, i + 1, int(d)) for i, d in zip(range(0, 600, 2), bits_apart, strict=True)
+               if d <= 4}  # fmt: skip
     assert planted <= flat and flat == multi
 
 

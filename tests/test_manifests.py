@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -13,6 +14,7 @@ import webdataset as wds
 
 from manifests.atomic import atomic_path
 from manifests.errors import ManifestError, SchemaMismatchError
+from manifests.image_rows import ImageBytesReader
 from manifests.image_shards import ImageShardReader, ImageShardWriter, iter_samples, ustar_header
 from manifests.job import ResumeMismatchError, claim_directory
 from manifests.parquet_io import ShardedParquet, read_manifest
@@ -111,6 +113,21 @@ def test_tar_shards_read_back_with_tarfile_webdataset_and_random_access(tmp_path
         assert reader.meta(f"{4:032x}") == {"key": f"{4:032x}", "n": 104}
         with pytest.raises(KeyError):
             reader.read("missing")
+
+
+def test_threads_sharing_a_fresh_reader_read_every_image(tmp_path):
+    """The geometric verifier reads images on threads through one reader: the first reads
+    of a shard race to index and open it."""
+    samples = {f"{i:032x}": bytes([i]) * (1000 + i) for i in range(64)}
+    shards = [tmp_path / f"{s:05d}.tar" for s in range(4)]
+    for s, path in enumerate(shards):
+        _write_tar(path, dict(list(samples.items())[s::4]), 16 << 20)
+    rows = [{"id": k, "source": str(shards[i % 4]), "key": k, "label": None}
+            for i, k in enumerate(samples)]  # fmt: skip
+    for _ in range(20):
+        reader = ImageBytesReader()
+        with ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(reader.read, rows * 4)) == list(samples.values()) * 4
 
 
 def test_aborted_tar_writer_leaves_nothing(tmp_path):

@@ -38,7 +38,9 @@ def _captioned_shape(ellipse: bool) -> Image.Image:
 def _small_object(photos: dict[str, Image.Image]) -> Image.Image:
     """A small object on a plain background: few keypoints to match."""
     image = Image.new("RGB", (384, 288), (90, 140, 120))
-    image.paste(photos["coffee"].resize((72, 54)), (200, 150))
+    thing = photos["rocket"].copy()
+    thing.thumbnail((24, 24))
+    image.paste(thing, (200, 150))
     return image
 
 

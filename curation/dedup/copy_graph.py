@@ -49,7 +49,7 @@ class CopyGraphConfig:
     min_keypoint_share: float = bounded(0.3, at_least=0, at_most=1)
     min_inliers_floor: int = bounded(15, at_least=2)
     verify_features: int = bounded(2000, at_least=100)  # ORB keypoints per image
-    min_inlier_fraction: float = 0.6
+    min_inlier_fraction: float = 0.7
     max_residual_px: float = 1.0
     min_coverage: float = 0.35
     whiten_dim: int = bounded(256, at_least=1)

@@ -162,6 +162,20 @@ def test_a_hash_pair_beyond_the_safe_radius_needs_the_descriptor(pool, tmp_path)
     assert joined(trusting, None) == {"grass": True, "coffee-flip": True}
 
 
+def test_each_image_verifies_only_its_nearest_candidates(pool, tmp_path):
+    hashes = hash_pool([pool["manifest"]], tmp_path, DedupConfig(num_workers=0),
+                       progress=False).read()  # fmt: skip
+    reader = image_reader([pool["manifest"]], hashes.column("id").to_pylist())
+    verified = {}
+    for top in (1, 64):
+        copy = replace(SMALL_POOL, verify=True, verify_from=0.0, verify_top=top)
+        config = DedupConfig(num_workers=0, copy=copy)
+        _, stats = deduplicate(hashes, EmbeddingStore(pool["emb"]), [], config, reader)
+        verified[top] = stats["verification"]["verified_pairs"]
+    n = hashes.num_rows
+    assert verified[1] <= n < verified[64]  # one per image (a pair may be both's nearest)
+
+
 def test_hash_only_without_embeddings(pool, tmp_path):
     stats = hash_and_dedup([pool["manifest"]], tmp_path, config=DedupConfig(num_workers=0),
                       progress=False)  # fmt: skip

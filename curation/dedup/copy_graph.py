@@ -45,6 +45,9 @@ class CopyGraphConfig:
     verify: bool | None = None
     verify_from: float = 0.25
     verify_until: float = 0.9
+    # per image, its nearest candidates below verify_until that are verified (a pair is
+    # seen from both sides): verification costs tens of ms a pair, the kNN list is k long
+    verify_top: int = bounded(8, at_least=1)
     min_inliers: int = bounded(40, at_least=2)
     min_keypoint_share: float = bounded(0.3, at_least=0, at_most=1)
     min_inliers_floor: int = bounded(15, at_least=2)

@@ -203,8 +203,15 @@ class CopyJudge:
         return self.copy.verify_from if self.verifier else self.copy.threshold
 
     def knn_candidates(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Chunks of (vector row, vector row, cosine) from the kNN graph."""
-        yield from knn_edges(self.vectors, replace(self.copy, threshold=self.candidate_threshold))
+        """Chunks of (vector row, vector row, cosine) from the kNN graph; with verification,
+        only each image's ``verify_top`` nearest candidates below ``verify_until``."""
+        candidates = replace(self.copy, threshold=self.candidate_threshold)
+        for a, b, cosine in knn_edges(self.vectors, candidates):
+            if self.verifier is not None:  # a's rows ascend, each by falling cosine
+                rank = np.arange(len(a)) - np.searchsorted(a, a)
+                keep = (cosine >= self.copy.verify_until) | (rank < self.copy.verify_top)
+                a, b, cosine = a[keep], b[keep], cosine[keep]
+            yield a, b, cosine
 
     def pair_candidates(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
         """Pool-row pairs -> (vector row, vector row, cosine), those with descriptors both."""

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -404,6 +405,21 @@ def test_a_stage_whose_images_all_fail_says_so(web, local_build, tmp_path):
     write_image_manifest(rows, kept)
     with pytest.raises(ManifestError, match=rf"embed_pool: none of the {len(rows)} images"):
         run_build(tmp_path, config, LocalEngine(), ["embed_pool"], progress=False)
+
+
+def test_beams_setup_file_option_stages_the_package_for_remote_workers(tmp_path, monkeypatch):
+    """--setup_file=./setup.py (the README's Dataflow example): Beam builds the package as
+    an sdist for its workers; it must hold every module the Beam stages run."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.stager import Stager
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    Stager.create_job_resources(PipelineOptions(["--setup_file=./setup.py"]), str(tmp_path))
+    (sdist,) = tmp_path.glob("lvd_builder-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert {"setup.cfg", "curation/crawl/crawler.py", "curation/dedup/stage.py",
+            "manifests/image_rows.py", "pipelines/engines/beam_engine.py"} <= names  # fmt: skip
 
 
 def test_beam_pipeline_options_pass_through_to_the_runner():

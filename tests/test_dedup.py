@@ -176,6 +176,17 @@ def test_each_image_verifies_only_its_nearest_candidates(pool, tmp_path):
     assert verified[1] <= n < verified[64]  # one per image (a pair may be both's nearest)
 
 
+@pytest.mark.parametrize("decodable", [0, 1])
+def test_a_pool_with_fewer_than_two_images_to_compare_keeps_them_all(decodable):
+    rows = [{"id": f"bad{i}", "ok": False, "error": "UnidentifiedImageError"} for i in range(3)]
+    rows += [{"id": "good", "ok": True, "sha256": "0" * 64, "phash": 7, "thumb": bytes(256),
+              "pixels": 100}][:decodable]  # fmt: skip
+    table, stats = deduplicate(pa.Table.from_pylist(rows, schema=HASHES.arrow), None, [],
+                               DedupConfig())  # fmt: skip
+    assert table.column("keep").to_pylist() == [True] * len(rows)
+    assert stats["funnel"]["after_relative"] == len(rows)
+
+
 def test_hash_only_without_embeddings(pool, tmp_path):
     stats = hash_and_dedup([pool["manifest"]], tmp_path, config=DedupConfig(num_workers=0),
                       progress=False)  # fmt: skip

@@ -168,6 +168,9 @@ def hash_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """pHash and PCA-hash pairs (a, b) of ``rows`` within their radii, and whether each is
     within a safe radius: near-exact copies that need no second look."""
+    if len(rows) < 2:
+        none = np.zeros(0, np.int64)
+        return none, none, np.zeros(0, bool)
     phash = int64_codes(hashes.column("phash").take(rows).to_numpy())
     i, j, bits = hamming_pairs(phash, config.phash_radius)
     found = [(i, j, bits <= config.phash_safe_radius)]
@@ -265,7 +268,7 @@ def deduplicate(
     timings["exact_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    a, b, safe = hash_pairs(hashes, unique, config, stats) if len(unique) else ((),) * 3
+    a, b, safe = hash_pairs(hashes, unique, config, stats)
     uf.union(a[safe], b[safe])
     stats["edges"]["hash_safe"] = int(safe.sum())
     unsure = a[~safe], b[~safe]

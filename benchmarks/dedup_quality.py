@@ -85,7 +85,8 @@ def held_out_pool(args, out: Path) -> tuple[np.ndarray, np.ndarray]:
     distractor) and kind ("original", a transform, or "single") per file number."""
     images = real_photos(MAX_SIDE, compose=lambda n, im: on_gradient(n, im, args.seed))
     rng = np.random.default_rng(args.seed)
-    names = [sorted(images)[i] for i in rng.permutation(len(images))]
+    ordered = sorted(images)
+    names = [ordered[i] for i in rng.permutation(len(ordered))]
     if len(names) < args.bases + args.singles:
         raise SystemExit(f"{len(names)} distinct images; --bases + --singles need more")
     out.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,29 @@ DEDUP = ManifestSchema(
     ),
 )
 
+SAFETY = ManifestSchema(
+    name="safety",
+    version=1,
+    arrow=pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            # ok: kept (its faces blurred); nsfw: dropped from the curated pool; error: not
+            # checked (undecodable, too many pixels), dropped with the reason in ``error``
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("error", pa.string()),
+            pa.field("nsfw_score", pa.float32()),  # highest exposed-part confidence
+            pa.field("nsfw_label", pa.string()),  # the class that gave it
+            pa.field("faces", pa.int32()),
+            pa.field("face_boxes", pa.list_(pa.list_(pa.int32(), 4))),  # x, y, width, height
+            pa.field("face_scores", pa.list_(pa.float32())),
+            pa.field("blurred", pa.bool_()),  # the image below is the stage's blurred copy
+            pa.field("path", pa.string()),  # the image every later stage reads: a file, or
+            pa.field("tar", pa.string()),  # a tar shard (the stage's own, when blurred) and
+            pa.field("key", pa.string()),  # the sample key in it
+        ]
+    ),
+)
+
 LVD = ManifestSchema(
     name="lvd",
     version=1,
@@ -126,4 +149,4 @@ LVD = ManifestSchema(
     ),
 )
 
-SCHEMAS: dict[str, ManifestSchema] = {s.name: s for s in (POOL, EMBEDDING_IDS, HASHES, DEDUP, LVD)}
+SCHEMAS: dict[str, ManifestSchema] = {s.name: s for s in (POOL, EMBEDDING_IDS, HASHES, SAFETY, DEDUP, LVD)}

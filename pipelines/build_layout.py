@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from curation.safety.stage import SafetyOutput
+
 
 @dataclass(frozen=True)
 class BuildLayout:
@@ -36,6 +38,14 @@ class BuildLayout:
     @property
     def kept_manifest(self) -> Path:  # one image per exact group: what embed_pool embeds
         return self.dir("hash") / "kept.parquet"
+
+    @property
+    def safe_manifest(self) -> Path:  # the kept images, faces blurred: what later stages read
+        return SafetyOutput(self.dir("safety")).manifest.root
+
+    @property
+    def safety_stats(self) -> Path:
+        return SafetyOutput(self.dir("safety")).stats
 
     @property
     def dedup_manifest(self) -> Path:

@@ -12,6 +12,7 @@ from curation.dedup.stage import DedupConfig
 from curation.embed import EmbedConfig
 from curation.index import KMeansConfig, SearchConfig
 from curation.retrieval import SeedSetPlan
+from curation.safety.stage import SafetyConfig
 from curation.seeds.registry import SeedSetsConfig, resolve
 from manifests.config import ConfigError
 
@@ -27,6 +28,7 @@ class CurationConfig:
     copy_model: str | None = None  # copy detection (SSCD in the paper); None: ``model``
     crawl: CrawlConfig = field(default_factory=CrawlConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)  # NSFW filter, face blurring
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -1,8 +1,9 @@
 """The stages of ``pipelines.build_lvd``: what each reads and writes under the build
 directory, and how it hands its work to an engine.
 
-crawl -> hash (sha256, pHash, PCA hash; exact and near-exact dedup) -> embed_pool (one image
-per exact group) -> dedup (hash pairs confirmed, copy + relative dedup) -> embed_seeds ->
+crawl -> hash (sha256, pHash, PCA hash; exact and near-exact dedup) -> safety (NSFW filter
+and face blurring of one image per exact group) -> embed_pool (the images safety kept, as
+blurred) -> dedup (hash pairs confirmed, copy + relative dedup) -> embed_seeds ->
 retrieve (the LVD manifest) -> report. Each writes ``DIR/<stage>/`` and, when finished,
 ``DIR/<stage>/stage.json``.
 """
@@ -21,6 +22,7 @@ from curation.dedup.policy import Reason
 from curation.dedup.stage import hash_and_dedup, write_dedup
 from curation.embed import embed_manifests, load_embedder
 from curation.lvd_manifest import PoolInputs, RetrievalConfig, write_lvd_manifest
+from curation.safety.stage import check_pool
 from curation.seeds.registry import write_seed_manifest
 from manifests.errors import ManifestError
 from manifests.image_rows import read_image_rows, row_location
@@ -84,11 +86,19 @@ def _exact_representatives(dedup_manifest: Path) -> list[str]:
     return table.filter(pc.invert(exact)).column("id").to_pylist()
 
 
+def safety(b: Build) -> dict[str, Any]:
+    """NSFW scores and face boxes of one image per exact group; the images kept, faces
+    blurred, are what every later stage and the trainer read."""
+    return check_pool([b.kept_manifest], b.dir("safety"), b.config.safety, b.out, b.progress,
+                      b.engine.runner("safety"))  # fmt: skip
+
+
 def embed_pool(b: Build) -> dict[str, Any]:
-    """Descriptors of one image per exact group: the retrieval model's, and the copy
-    model's when the recipe names another (SSCD for copies, ViT-H/16 for retrieval)."""
+    """Descriptors of the images safety kept (one per exact group): the retrieval model's,
+    and the copy model's when the recipe names another (SSCD for copies, ViT-H/16 for
+    retrieval)."""
     models = dict.fromkeys([b.config.model, b.copy_model])
-    return {m: b.embed([b.kept_manifest], b.pool_embeddings(m), m, "embed_pool") for m in models}
+    return {m: b.embed([b.safe_manifest], b.pool_embeddings(m), m, "embed_pool") for m in models}
 
 
 def dedup(b: Build) -> dict[str, Any]:
@@ -128,7 +138,7 @@ def retrieve(b: Build) -> dict[str, Any]:
                      embeddings="" if plan.method == "as_is" else str(b.seed_embeddings(plan.name)))
              for plan in c.seed_sets]  # fmt: skip
     embeddings = str(b.pool_embeddings(b.config.model))
-    pool = PoolInputs([str(b.pool_manifest)], embeddings, str(b.dir("dedup")))
+    pool = PoolInputs([str(b.safe_manifest)], embeddings, str(b.dir("dedup")))
     config = RetrievalConfig(pool, plans, c.kmeans, c.search, c.rows_per_shard, c.seed)
     return b.engine.call(write_lvd_manifest, config, str(b.dir("retrieve")), str(b.out),
                          gpus=1.0)  # fmt: skip
@@ -157,6 +167,11 @@ def _describe_funnel(s: dict[str, Any], levels: tuple[str, ...]) -> str:
     return f"{f['raw']:,} images" + "".join(f" -> {f[f'after_{k}']:,} after {k}" for k in levels)
 
 
+def _describe_safety(s: dict[str, Any]) -> str:
+    return (f"{s['images']:,} images: {s['nsfw']:,} NSFW and {s['errors']:,} unreadable "
+            f"dropped, {s['blurred']:,} with faces blurred ({s['faces']:,} faces)")
+
+
 def _describe_embedded(s: dict[str, Any]) -> str:
     return ", ".join(f"{name}: {c.get('embedded', c.get('images')):,}" for name, c in s.items())
 
@@ -173,7 +188,8 @@ STAGES = (
     Stage("hash", hash_, ("crawl",),  # copy settings are the dedup stage's
           lambda c: {k: v for k, v in asdict(c.dedup).items() if k != "copy"},
           lambda s: _describe_funnel(s, ("exact", "hash"))),
-    Stage("embed_pool", embed_pool, ("hash",),
+    Stage("safety", safety, ("hash",), lambda c: asdict(c.safety), _describe_safety),
+    Stage("embed_pool", embed_pool, ("safety",),
           lambda c: {"model": c.model, "copy_model": c.copy_model, "embed": asdict(c.embed)},
           _describe_embedded),
     Stage("dedup", dedup, ("hash", "embed_pool"),
@@ -184,11 +200,11 @@ STAGES = (
           lambda c: {"seed_sets": [asdict(p) for p in c.seed_sets], "seeds": asdict(c.seeds),
                      "model": c.model, "embed": asdict(c.embed)},
           _describe_embedded),
-    Stage("retrieve", retrieve, ("crawl", "embed_pool", "dedup", "embed_seeds"),
+    Stage("retrieve", retrieve, ("safety", "embed_pool", "dedup", "embed_seeds"),
           lambda c: {"kmeans": asdict(c.kmeans), "search": asdict(c.search),
                      "rows_per_shard": c.rows_per_shard, "seed": c.seed},
           _describe_retrieval),
-    Stage("report", report, ("crawl", "hash", "dedup", "retrieve"), lambda c: None,
+    Stage("report", report, ("crawl", "hash", "safety", "dedup", "retrieve"), lambda c: None,
           lambda s: s["report"]),
 )  # fmt: skip
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -1,5 +1,5 @@
 """Counts that must agree between the stages of a build: URLs -> images -> exact-group
-representatives -> embedded -> kept -> curated. A stage whose output does not add up with
+representatives -> safe -> embedded -> kept -> curated. A stage whose output does not add up with
 its input stops the build, naming both numbers, instead of losing rows without a word."""
 
 from __future__ import annotations
@@ -40,10 +40,21 @@ def _hash(s: Summary, done: dict[str, Summary]) -> list[str]:
     return problems
 
 
+def _safety(s: Summary, done: dict[str, Summary]) -> list[str]:
+    problems = []
+    if s["kept"] + s["nsfw"] + s["errors"] != s["images"]:
+        problems.append(f"{s['kept']} kept + {s['nsfw']} NSFW + {s['errors']} unreadable != "
+                        f"{s['images']} images checked")  # fmt: skip
+    if s["images"] != done["hash"]["kept"]:
+        problems.append(f"{s['images']} images checked != {done['hash']['kept']} exact-group "
+                        "representatives")  # fmt: skip
+    return problems
+
+
 def _embed_pool(s: Summary, done: dict[str, Summary]) -> list[str]:
-    kept = done["hash"]["kept"]
+    kept = done["safety"]["kept"]
     return [f"{model}: {c['embedded']} embedded + {c['failed']} failed != {kept} images to "
-            "embed (one per exact group)"
+            "embed (the images safety kept)"
             for model, c in s.items() if c["embedded"] + c["failed"] != kept]  # fmt: skip
 
 
@@ -59,14 +70,16 @@ def _dedup(s: Summary, done: dict[str, Summary]) -> list[str]:
 def _retrieve(s: Summary, done: dict[str, Summary]) -> list[str]:
     kept = done["dedup"]["funnel"]["after_relative"]
     unembedded = max(c["failed"] for c in done["embed_pool"].values())
-    if kept - unembedded <= s["candidates"] <= kept:
+    unsafe = done["safety"]["nsfw"] + done["safety"]["errors"]
+    if kept - unembedded - unsafe <= s["candidates"] <= kept:
         return []
     return [f"{s['candidates']} retrieval candidates, but dedup kept {kept} images of which "
-            f"{unembedded} could not be embedded"]  # fmt: skip
+            f"{unembedded} could not be embedded and at most {unsafe} were dropped by "
+            "safety"]  # fmt: skip
 
 
 CHECKS: dict[str, Callable[[Summary, dict[str, Summary]], list[str]]] = {
-    "crawl": _crawl, "hash": _hash, "embed_pool": _embed_pool, "dedup": _dedup,
+    "crawl": _crawl, "hash": _hash, "safety": _safety, "embed_pool": _embed_pool, "dedup": _dedup,
     "retrieve": _retrieve,
 }  # fmt: skip
 

@@ -1,6 +1,8 @@
 """``DIR/report.html``: one self-contained page (images inlined) about a build: the funnel
-from URLs to the curated set, a Table-15-style line per seed set, duplicate groups,
-sample clusters, and retrieval examples (a seed image beside what it retrieved)."""
+from URLs to the curated set, the safety stage's counts and blurred faces, a Table-15-style
+line per seed set, duplicate groups, sample clusters, and retrieval examples (a seed image
+beside what it retrieved). Pool images are shown as the safety stage left them (faces
+blurred); an image it dropped as NSFW is never shown."""
 
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 from PIL import Image
 
 from manifests.atomic import write_bytes_atomic
 from manifests.image_rows import ImageBytesReader, read_image_rows
 from manifests.parquet_io import read_manifest
-from manifests.schemas import DEDUP, LVD
+from manifests.schemas import DEDUP, LVD, SAFETY
 from pipelines.build_layout import BuildLayout
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,20 @@ def _funnel(build: BuildLayout) -> str:
     return _table(["step", "images", ""], rows) + "<h3>Failed downloads</h3>" + failed
 
 
+def _safety(build: BuildLayout, thumbs: _Thumbs) -> str:
+    s = _json(build.safety_stats)
+    if not s:
+        return "<p>No safety output.</p>"
+    counts = _table(["images checked", "dropped as NSFW", "unreadable", "with faces",
+                     "faces blurred"],
+                    [[f"{s['images']:,}", f"{s['nsfw']:,}", f"{s['errors']:,}",
+                      f"{s['with_faces']:,}", f"{s['faces']:,}"]])  # fmt: skip
+    blurred = read_manifest([build.safe_manifest], SAFETY, ["id", "blurred", "faces"])
+    shown = blurred.filter(pc.field("blurred")).slice(0, 2 * PER_GROUP).to_pylist()
+    figs = "".join(thumbs.figure(r["id"], f"{r['faces']} faces") for r in shown)
+    return counts + (f'<div class="row">{figs}</div>' if figs else "<p>No faces found.</p>")
+
+
 def _table15(build: BuildLayout) -> str:
     stats = _json(build.retrieval_stats).get("seed_sets", [])
     rows = [[html.escape(s["seed_set"]), s["method"], f"{s['seed_images']:,}",
@@ -110,15 +127,21 @@ def _duplicate_groups(build: BuildLayout, thumbs: _Thumbs) -> str:
     files = build.dedup_manifest
     if not files.is_dir():
         return "<p>No dedup output.</p>"
-    table = read_manifest([files], DEDUP, ["id", "copy_component", "keep", "reason"]).to_pylist()
+    columns = ["id", "exact_group", "copy_component", "keep", "reason"]
+    table = read_manifest([files], DEDUP, columns).to_pylist()
     groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    shown_as: dict[int, str] = {}  # exact group -> the member whose (safe) image is shown
     for row in table:
         groups[row["copy_component"]].append(row)
+        if row["id"] in thumbs.rows:
+            shown_as.setdefault(row["exact_group"], row["id"])
     shown = sorted((g for g in groups.values() if len(g) > 1), key=len, reverse=True)[:GROUPS]
     parts = []
     for group in shown:
-        figs = [thumbs.figure(r["id"], "kept" if r["keep"] else (r["reason"] or ""),
-                              "keep" if r["keep"] else "") for r in group[:PER_GROUP]]  # fmt: skip
+        figs = [thumbs.figure(shown_as.get(r["exact_group"], r["id"]),
+                              "kept" if r["keep"] else (r["reason"] or ""),
+                              "keep" if r["keep"] else "")
+                for r in group[:PER_GROUP]]  # fmt: skip
         parts.append(f'<div class="row"><span class="label">{len(group)} images</span>'
                      f"{''.join(figs)}</div>")  # fmt: skip
     return "".join(parts) or "<p>No duplicate groups.</p>"
@@ -159,10 +182,14 @@ def _retrieval_examples(lvd: list[dict[str, Any]], thumbs: _Thumbs) -> str:
 def write_report(build: BuildLayout) -> Path:
     """Write the build's report page from its stage outputs; returns its path."""
     seed_manifests = sorted(build.seed_manifests.glob("*.parquet"))
-    thumbs = _Thumbs(_rows_by_id([build.pool_manifest, *seed_manifests]))
+    # pool images as the safety stage left them: an exact duplicate, which it did not
+    # check, is shown as the checked member of its exact group (the same bytes)
+    thumbs = _Thumbs(_rows_by_id([build.safe_manifest, *seed_manifests]))
     lvd = _lvd_rows(build)
     sections = [
         ("Funnel", _funnel(build)),
+        ("Safety (NSFW filter; faces blurred, as every later stage reads them)",
+         _safety(build, thumbs)),
         ("Seed sets (as the paper's Table 15)", _table15(build)),
         ("Duplicate groups (green: the image kept)", _duplicate_groups(build, thumbs)),
         ("Sample clusters", _clusters(lvd, thumbs)),

@@ -26,6 +26,7 @@ import yaml
 
 from curation.dedup.stage import hash_and_dedup
 from curation.embed import embed_manifests, load_embedder
+from curation.safety.stage import check_pool
 from manifests.config import ConfigError, load_config
 from manifests.embeddings import EmbeddingStore
 from manifests.errors import ManifestError
@@ -107,13 +108,15 @@ def test_demo_build_runs_every_stage_and_reconciles(web, local_build):
 
 
 def test_the_build_dedups_like_the_standalone_commands(web, local_build, tmp_path):
-    """build_lvd embeds one image per exact group; pipelines.embed + pipelines.dedup embed
-    every image: the same groups, kept images and reasons either way."""
+    """build_lvd checks and embeds one image per exact group; pipelines.safety,
+    pipelines.embed and pipelines.dedup check and embed every image: the same groups, kept
+    images and reasons either way."""
     _, config = web
     out, _ = local_build
     build = Build(out, config, LocalEngine())
-    embed_manifests([build.pool_manifest], load_embedder(build.copy_model), tmp_path / "emb",
-                    config.embed, progress=False)  # fmt: skip
+    check_pool([build.pool_manifest], tmp_path / "safety", config.safety, progress=False)
+    embed_manifests([tmp_path / "safety" / "manifest"], load_embedder(build.copy_model),
+                    tmp_path / "emb", config.embed, progress=False)  # fmt: skip
     evaluation = [build.eval_embeddings(name) for name in config.evaluation_sets]
     hash_and_dedup([build.pool_manifest], tmp_path, tmp_path / "emb", evaluation, config.dedup,
                    progress=False)  # fmt: skip
@@ -282,6 +285,7 @@ def test_a_build_killed_in_every_stage_resumes_to_the_same_manifest(web, local_b
     out = tmp_path / "build"
     # kill once this exists: the first committed shard of a sharded stage, else its directory
     kill_when = {"crawl": "crawl/manifest/pool/00000.parquet", "hash": "hash/hashes/00000.parquet",
+                 "safety": "safety/manifest/00000.parquet",
                  "embed_pool": "embed_pool/retrieval/00000.parquet", "dedup": "dedup",
                  "embed_seeds": "embed_seeds", "retrieve": "retrieve"}  # fmt: skip
     killed_in = []
@@ -296,7 +300,8 @@ def test_a_build_killed_in_every_stage_resumes_to_the_same_manifest(web, local_b
         if not (out / stage / "stage.json").exists():
             killed_in.append(stage)
     # the sharded stages were killed with shards left to do; most others before finishing
-    assert {"crawl", "hash", "embed_pool"} <= set(killed_in) and len(killed_in) >= 4, killed_in
+    assert {"crawl", "hash", "safety", "embed_pool"} <= set(killed_in) and len(killed_in) >= 5, \
+        killed_in
     proc = _start_build(config_path, out)
     log = proc.communicate(timeout=240)[0].decode()
     assert proc.returncode == 0, log
@@ -327,11 +332,11 @@ def test_clear_errors_for_bad_inputs(web, tmp_path, capsys):
     err = build("--config", str(path), "--urls", str(tmp_path / "empty.txt"))
     assert "empty.txt" in err and "no URLs in the inputs" in err
     err = build("--config", str(path), "--stages", "retrieve")
-    assert "stage retrieve needs the output of stage crawl" in err
+    assert "stage retrieve needs the output of stage safety" in err
     assert "--seed-sets" in build("--config", str(path), "--seed-sets", "imagenet22k")
     # flags the parser does not know are Beam pipeline options, with --engine beam only
     assert "unrecognized arguments: --runner=X" in build("--config", str(path), "--runner=X")
-    with pytest.raises(MissingStageError, match="run it first: --stages hash"):
+    with pytest.raises(MissingStageError, match="run it first: --stages safety"):
         run_build(tmp_path / "fresh", config, LocalEngine(), ["embed_pool"], progress=False)
 
 
@@ -340,7 +345,7 @@ def test_a_separate_copy_model_dedups_and_the_retrieval_model_retrieves(web, loc
     root, config = web
     reference, _ = local_build
     out = tmp_path / "two-models"
-    for stage in ("crawl", "hash"):  # same recipe for these: reused, not rerun
+    for stage in ("crawl", "hash", "safety"):  # same recipe for these: reused, not rerun
         shutil.copytree(reference / stage, out / stage)
     tiny = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4),
                                                 torch.nn.AdaptiveAvgPool2d(1),
@@ -348,9 +353,9 @@ def test_a_separate_copy_model_dedups_and_the_retrieval_model_retrieves(web, loc
     tiny.save(str(tmp_path / "tiny.pt"))
     two = copy.deepcopy(config)
     two.copy_model, two.model = config.model, f"torchscript:{tmp_path / 'tiny.pt'}@64"
-    results = run_build(out, two, LocalEngine(), ["crawl", "hash", "embed_pool", "dedup"],
+    results = run_build(out, two, LocalEngine(), ["crawl", "hash", "safety", "embed_pool", "dedup"],
                         progress=False)  # fmt: skip
-    assert [r.status for r in results] == ["skipped", "skipped", "ran", "ran"]
+    assert [r.status for r in results] == ["skipped", "skipped", "skipped", "ran", "ran"]
     assert EmbeddingStore(out / "embed_pool" / "copy").model == config.model
     assert EmbeddingStore(out / "embed_pool" / "retrieval").read()[1].shape[1] == 8
     assert dedup_table(out).equals(dedup_table(reference))  # copies: the same model decides
@@ -387,11 +392,11 @@ def test_relative_directories_resolve_from_where_the_build_runs(web, local_build
     reference, _ = local_build
     monkeypatch.chdir(tmp_path)
     shutil.copytree(reference / "crawl", tmp_path / "rel" / "crawl")  # reused, not rerun
-    run_build(Path("rel"), config, LocalEngine(), ["crawl", "hash", "embed_pool"], progress=False)
+    run_build(Path("rel"), config, LocalEngine(), ["crawl", "hash", "safety", "embed_pool"],
+              progress=False)  # fmt: skip
     ids, _ = EmbeddingStore(tmp_path / "rel" / "embed_pool" / "retrieval").read()
-    assert (
-        len(ids) == json.loads((reference / "hash" / "stage.json").read_text())["summary"]["kept"]
-    )
+    safety = json.loads((reference / "safety" / "stage.json").read_text())["summary"]
+    assert len(ids) == safety["kept"]
 
 
 def test_a_stage_whose_images_all_fail_says_so(web, local_build, tmp_path):
@@ -403,8 +408,9 @@ def test_a_stage_whose_images_all_fail_says_so(web, local_build, tmp_path):
     rows = [{"id": r["id"], "path": str(tmp_path / "gone" / f"{r['id']}.jpg")}
             for r in read_image_rows([kept])]  # fmt: skip
     write_image_manifest(rows, kept)
-    with pytest.raises(ManifestError, match=rf"embed_pool: none of the {len(rows)} images"):
-        run_build(tmp_path, config, LocalEngine(), ["embed_pool"], progress=False)
+    with pytest.raises(ManifestError, match=rf"safety: no image of {len(rows)} kept: 0 NSFW, "
+                                            rf"{len(rows)} unreadable \{{'FileNotFoundError'"):
+        run_build(tmp_path, config, LocalEngine(), ["safety"], progress=False)
 
 
 def test_beams_setup_file_option_stages_the_package_for_remote_workers(tmp_path, monkeypatch):

@@ -149,4 +149,6 @@ LVD = ManifestSchema(
     ),
 )
 
-SCHEMAS: dict[str, ManifestSchema] = {s.name: s for s in (POOL, EMBEDDING_IDS, HASHES, SAFETY, DEDUP, LVD)}
+SCHEMAS: dict[str, ManifestSchema] = {
+    s.name: s for s in (POOL, EMBEDDING_IDS, HASHES, SAFETY, DEDUP, LVD)
+}

@@ -168,8 +168,10 @@ def _describe_funnel(s: dict[str, Any], levels: tuple[str, ...]) -> str:
 
 
 def _describe_safety(s: dict[str, Any]) -> str:
-    return (f"{s['images']:,} images: {s['nsfw']:,} NSFW and {s['errors']:,} unreadable "
-            f"dropped, {s['blurred']:,} with faces blurred ({s['faces']:,} faces)")
+    return (
+        f"{s['images']:,} images: {s['nsfw']:,} NSFW and {s['errors']:,} unreadable "
+        f"dropped, {s['blurred']:,} with faces blurred ({s['faces']:,} faces)"
+    )
 
 
 def _describe_embedded(s: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ from manifests.embeddings import EmbeddingStore
 from manifests.errors import ManifestError
 from manifests.image_rows import read_image_rows
 from manifests.parquet_io import read_manifest, write_image_manifest
-from manifests.schemas import DEDUP, HASHES, LVD, POOL
+from manifests.schemas import DEDUP, HASHES, LVD, POOL, SAFETY
 from pipelines import build_lvd as cli
 from pipelines.build import MissingStageError, run_build
 from pipelines.curation_config import CurationConfig
@@ -95,9 +95,20 @@ def test_demo_build_runs_every_stage_and_reconciles(web, local_build):
     assert funnel["raw"] > funnel["after_exact"] > funnel["after_hash"] > funnel["after_copy"]
     assert funnel["after_relative"] < funnel["after_copy"]  # the evaluation copies went
 
+    safety = read_manifest([out / "safety" / "manifest"], SAFETY).to_pylist()
+    assert len(safety) == funnel["after_exact"]  # one image per exact group is checked
+    blurred = {r["id"] for r in safety if r["blurred"]}
+    unsafe = {r["id"] for r in safety if r["status"] != "ok"}
+    assert len(blurred) >= 3  # the demo's photos of people (scikit-image's, opencv-doc's)
+
     lvd = read_manifest([out / "retrieve" / "lvd"], LVD)
     kept = set(dedup.filter(dedup.column("keep")).column("id").to_pylist())
-    assert set(lvd.column("id").to_pylist()) <= kept  # only kept pool images are curated
+    assert set(lvd.column("id").to_pylist()) <= kept - unsafe  # only kept, safe pool images
+    curated = {r["id"]: r for r in read_image_rows([out / "retrieve" / "lvd"])}
+    for id_ in blurred & set(curated):  # the trainer reads the blurred copy
+        assert Path(curated[id_]["source"]).resolve().parent == out / "safety" / "images"
+    page = (out / "report.html").read_text()
+    assert "Safety" in page and f"<td>{len(blurred)}</td>" in page
     sets = {s for row in lvd.column("seed_sets").to_pylist() for s in row}
     assert sets == {"demo_sample", "demo_cluster"}
     sample = [r for r in lvd.to_pylist() if "sample" in r["methods"]]
@@ -300,8 +311,9 @@ def test_a_build_killed_in_every_stage_resumes_to_the_same_manifest(web, local_b
         if not (out / stage / "stage.json").exists():
             killed_in.append(stage)
     # the sharded stages were killed with shards left to do; most others before finishing
-    assert {"crawl", "hash", "safety", "embed_pool"} <= set(killed_in) and len(killed_in) >= 5, \
+    assert {"crawl", "hash", "safety", "embed_pool"} <= set(killed_in) and len(killed_in) >= 5, (
         killed_in
+    )
     proc = _start_build(config_path, out)
     log = proc.communicate(timeout=240)[0].decode()
     assert proc.returncode == 0, log
@@ -408,8 +420,11 @@ def test_a_stage_whose_images_all_fail_says_so(web, local_build, tmp_path):
     rows = [{"id": r["id"], "path": str(tmp_path / "gone" / f"{r['id']}.jpg")}
             for r in read_image_rows([kept])]  # fmt: skip
     write_image_manifest(rows, kept)
-    with pytest.raises(ManifestError, match=rf"safety: no image of {len(rows)} kept: 0 NSFW, "
-                                            rf"{len(rows)} unreadable \{{'FileNotFoundError'"):
+    with pytest.raises(
+        ManifestError,
+        match=rf"safety: no image of {len(rows)} kept: 0 NSFW, "
+        rf"{len(rows)} unreadable \{{'FileNotFoundError'",
+    ):
         run_build(tmp_path, config, LocalEngine(), ["safety"], progress=False)
 
 

@@ -88,7 +88,8 @@ class SafetyDetector:
         model = resources.files("nudenet") / "320n.onnx"
         with resources.as_file(model) as path:
             self.session = onnxruntime.InferenceSession(
-                str(path), options, providers=_providers(config.device))
+                str(path), options, providers=_providers(config.device)
+            )
         self.input_name = self.session.get_inputs()[0].name
         self._nsfw = [LABELS.index(n) for n in config.nsfw_labels]
         self._faces = [LABELS.index(n) for n in FACE_LABELS]

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from curation.local_runner import run_locally
 from curation.safety.blur import blur_boxes
-from curation.safety.detector import DetectorConfig, Detections, SafetyDetector
+from curation.safety.detector import Detections, DetectorConfig, SafetyDetector
 from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from manifests.atomic import remove_temporaries, write_bytes_atomic
 from manifests.config import bounded
@@ -153,7 +153,7 @@ def check_shard(
                 else:
                     checked.append(_failed(row, image))
             if on_items is not None:
-                on_items(len(batch), sum(r["status"] == "ok" for r in checked[-len(batch):]))
+                on_items(len(batch), sum(r["status"] == "ok" for r in checked[-len(batch) :]))
     store = output.manifest
     checked = [portable_location(r, store.root, root) for r in checked]
     store.write(index, pa.Table.from_pylist(checked, schema=SAFETY.arrow))

@@ -262,16 +262,18 @@ def test_ray_engine_builds_the_same_manifest(web, local_build):
     finally:
         engine.close()
     assert all(r.status == "ran" for r in results)
+    safety = [read_manifest([d / "safety" / "manifest"], SAFETY) for d in (out, root / "ray")]
+    assert safety[0].equals(safety[1])
     assert dedup_table(root / "ray").equals(dedup_table(out))
     assert_same_lvd(root / "ray", out)
 
 
-def test_beam_engine_crawls_and_hashes_like_the_local_one(web, local_build):
+def test_beam_engine_crawls_hashes_and_checks_safety_like_the_local_one(web, local_build):
     from pipelines.engines.beam_engine import BeamEngine
 
     root, config = web
     out, _ = local_build
-    run_build(root / "beam", config, BeamEngine([]), ["crawl", "hash"], progress=False)
+    run_build(root / "beam", config, BeamEngine([]), ["crawl", "hash", "safety"], progress=False)
     pool = [read_manifest([d / "crawl" / "manifest" / "pool"], POOL).drop_columns(["fetch_time"])
             for d in (out, root / "beam")]  # fmt: skip
     assert pool[0].equals(pool[1])
@@ -279,6 +281,8 @@ def test_beam_engine_crawls_and_hashes_like_the_local_one(web, local_build):
     assert hashes[0].equals(hashes[1])
     near_exact = [read_manifest([d / "hash" / "dedup"], DEDUP) for d in (out, root / "beam")]
     assert near_exact[0].equals(near_exact[1])
+    safety = [read_manifest([d / "safety" / "manifest"], SAFETY) for d in (out, root / "beam")]
+    assert safety[0].equals(safety[1])  # same scores, boxes and (relative) image locations
 
 
 def _start_build(config_path: Path, out: Path) -> subprocess.Popen:
@@ -440,7 +444,8 @@ def test_beams_setup_file_option_stages_the_package_for_remote_workers(tmp_path,
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"setup.cfg", "curation/crawl/crawler.py", "curation/dedup/stage.py",
-            "manifests/image_rows.py", "pipelines/engines/beam_engine.py"} <= names  # fmt: skip
+            "curation/safety/stage.py", "manifests/image_rows.py",
+            "pipelines/engines/beam_engine.py"} <= names  # fmt: skip
 
 
 def test_beam_pipeline_options_pass_through_to_the_runner():

@@ -73,8 +73,11 @@ def _providers(device: str) -> list[str]:
     if device == "cuda" and not cuda:
         raise ConfigError("safety.detector.device: cuda, but this onnxruntime has no CUDA "
                           f"provider (it has {available}); install onnxruntime-gpu")  # fmt: skip
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda and device != "cpu" \
-        else ["CPUExecutionProvider"]  # fmt: skip
+    if not cuda or device == "cpu":
+        return ["CPUExecutionProvider"]
+    if hasattr(onnxruntime, "preload_dlls"):  # onnxruntime-gpu 1.21+: CUDA and cuDNN from
+        onnxruntime.preload_dlls()  # the nvidia-*-cu12 wheels that torch installed
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 class SafetyDetector:

@@ -1,5 +1,5 @@
-"""The Beam engine: the crawl and hash stages as Apache Beam pipelines, one element per
-shard; the other stages run locally (they are one global step each, or GPU work).
+"""The Beam engine: the crawl, hash and safety stages as Apache Beam pipelines, one element
+per shard; the other stages run locally (they are one global step each, or GPU work).
 
 Locally the pipelines run on the FnApiRunner (the DirectRunner's default path tries to
 download a binary); ``--runner`` and any other pipeline options are passed through, e.g.
@@ -18,7 +18,7 @@ from curation.tasks import ShardRunner, ShardTasks
 
 log = logging.getLogger(__name__)
 
-BEAM_STAGES = ("crawl", "hash")
+BEAM_STAGES = ("crawl", "hash", "safety")  # per image, after download: where Beam fits
 
 
 class BeamEngine:

@@ -112,7 +112,8 @@ def _safety(build: BuildLayout, thumbs: _Thumbs) -> str:
                       f"{s['with_faces']:,}", f"{s['faces']:,}"]])  # fmt: skip
     blurred = read_manifest([build.safe_manifest], SAFETY, ["id", "blurred", "faces"])
     shown = blurred.filter(pc.field("blurred")).slice(0, 2 * PER_GROUP).to_pylist()
-    figs = "".join(thumbs.figure(r["id"], f"{r['faces']} faces") for r in shown)
+    figs = "".join(thumbs.figure(r["id"], f"{r['faces']} face" + "s" * (r["faces"] > 1))
+                   for r in shown)  # fmt: skip
     return counts + (f'<div class="row">{figs}</div>' if figs else "<p>No faces found.</p>")
 
 

@@ -5,8 +5,12 @@ beside raw-pixel k-NN measured in the same run. Prints JSON.
 The images come from Debian's ``dataset-fashion-mnist`` (installed by this script when
 missing and run as root) and are converted to labelled tar-shard manifests.
 
-    python benchmarks/ssl_fashion_mnist.py [--minutes 15] [--workdir DIR]
+    python benchmarks/ssl_fashion_mnist.py [--minutes 15] [--knn-every MINUTES] [--workdir DIR]
         [--peer lightly --peer-python VENV/bin/python]
+
+``--knn-every 15`` with ``--minutes 60`` trains in four 15-minute segments (each resumes
+the last one's checkpoint; the schedule is the 60-minute one) and measures the k-NN after
+each: the learning curve, under ``"curve"``.
 
 With ``--peer lightly`` the same run then trains lightly's DINO on the same network, crops,
 batch and budget (``benchmarks/ssl_peer_lightly.py``, in lightly's own environment: its
@@ -129,6 +133,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-fmnist"))
+    p.add_argument("--knn-every", type=float, help="minutes between k-NN measurements")
     p.add_argument("--peer", choices=["lightly"], help="also train this library's DINO")
     p.add_argument("--peer-python", type=Path, help="the python of the peer's environment")
     args = p.parse_args()
@@ -148,20 +153,29 @@ def main() -> None:
     iterations = calibrated_iterations(config, train_manifest, args.workdir, args.minutes * 60)
     config.epochs, config.iters_per_epoch = 10, max(1, iterations // 10)
     config.optim.warmup_epochs, config.teacher.warmup_temp_epochs = 1, 3
-    config.time_budget_s, config.checkpoint_every = args.minutes * 60, 10**9
+    every = args.knn_every or args.minutes
+    config.time_budget_s, config.checkpoint_every = every * 60, 10**9
     run = args.workdir / f"run-{int(time.time())}"
-    started = time.perf_counter()
-    metrics = train(config, [str(train_manifest)], run, progress=True)
-    trained_s = time.perf_counter() - started
-
     manifests = (train_manifest, test_manifest)
-    ssl = knn_top1(run, manifests)
+    curve, trained_s, seen = [], 0.0, 0
+    while trained_s < args.minutes * 60 - 1:  # segments, each resuming the one before
+        started = time.perf_counter()
+        metrics = train(config, [str(train_manifest)], run, progress=True)
+        elapsed = time.perf_counter() - started
+        trained_s, seen = trained_s + elapsed, seen + metrics["images_per_s"] * elapsed
+        curve.append({"minutes": round(trained_s / 60, 1), "iteration": metrics["iteration"],
+                      "knn_top1_k20": round(knn_top1(run, manifests), 2)})  # fmt: skip
+        if metrics["iteration"] >= config.epochs * config.iters_per_epoch:
+            break
+    ssl = curve[-1]["knn_top1_k20"]
     result = {
         "budget_minutes": args.minutes, "trained_s": round(trained_s, 1),
-        "iterations": metrics.get("iteration"), "images_per_s": metrics.get("images_per_s"),
-        "final_loss": metrics.get("loss"), "knn_top1_k20_ssl": round(ssl, 2),
+        "iterations": metrics.get("iteration"), "images_per_s": round(seen / trained_s, 2),
+        "final_loss": metrics.get("loss"), "knn_top1_k20_ssl": ssl,
         "knn_top1_k20_raw_pixels": round(raw, 2), "gain_points": round(ssl - raw, 2),
     }  # fmt: skip
+    if args.knn_every:
+        result["curve"] = curve
     if args.peer:
         peer = run_peer(args.peer_python, train_images, args.minutes, args.workdir)
         peer["knn_top1_k20"] = round(knn_top1(Path(peer.pop("run")), manifests), 2)

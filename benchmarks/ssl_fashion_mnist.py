@@ -22,6 +22,7 @@ evaluates its teacher with the same k-NN; its figures come under ``"peer"``.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import io
 import json
@@ -36,14 +37,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 from manifests.config import load_config
 from manifests.image_shards import ImageShardWriter
 from pipelines.apt import apt_install
 from training.config import TrainConfig
+from training.distributed import init_distributed
 from training.eval.knn import extract, knn_accuracy
 from training.models.loading import load_backbone
-from training.train import train
+from training.train import Schedules, build_loader, build_model, train, train_step
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 RECIPE = [  # a 6-block ViT-Ti/7 on 28 px crops, sized for ~800 steps in 15 CPU-minutes:
@@ -129,6 +132,41 @@ def calibrated_iterations(
     return max(10, int(budget_s / seconds_per_iter))
 
 
+def compute_profile(config: TrainConfig, manifest: Path, steps: int = 6) -> dict:
+    """Where the speed goes: the FLOPs of one training step of the recipe, the rate the
+    model alone reaches on batches loaded beforehand, and a large fp32 matmul's rate on
+    this machine (what the step's matmuls could reach), measured one after the other."""
+    config = copy.deepcopy(config)
+    config.data.num_workers = 0
+    model, optimizer = build_model(config, init_distributed())
+    schedules = Schedules.build(config, global_batch=config.data.batch_size)
+    loader = iter(build_loader(config, [str(manifest)]))
+    batches = [next(loader) for _ in range(steps + 2)]
+
+    def step(i: int) -> None:
+        train_step(model, optimizer, batches[i], schedules, i, config.optim.clip_grad)
+
+    step(0)  # warm up
+    with FlopCounterMode(display=False) as counter:
+        step(1)
+    started = time.perf_counter()
+    for i in range(2, steps + 2):
+        step(i)
+    seconds = (time.perf_counter() - started) / steps
+    x, w = torch.randn(4096, 768), torch.randn(768, 768)
+    x @ w
+    started = time.perf_counter()
+    for _ in range(20):
+        x @ w
+    matmul = 20 * 2 * 4096 * 768 * 768 / (time.perf_counter() - started) / 1e9
+    gflop = counter.get_total_flops() / 1e9
+    return {"gflop_per_image": round(gflop / config.data.batch_size, 3),
+            "model_only_images_per_s": round(config.data.batch_size / seconds, 1),
+            "model_gflops_per_s": round(gflop / seconds, 1),
+            "fp32_matmul_gflops_per_s": round(matmul, 1),
+            "model_share_of_matmul_rate": round(gflop / seconds / matmul, 3)}  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=15.0)
@@ -176,12 +214,15 @@ def main() -> None:
     }  # fmt: skip
     if args.knn_every:
         result["curve"] = curve
+    result["compute"] = compute_profile(config, train_manifest)
     if args.peer:
         peer = run_peer(args.peer_python, train_images, args.minutes, args.workdir)
         peer["knn_top1_k20"] = round(knn_top1(Path(peer.pop("run")), manifests), 2)
         result["peer"] = peer
         result["knn_points_over_peer"] = round(ssl - peer["knn_top1_k20"], 2)
         result["images_per_s_over_peer"] = round(result["images_per_s"] / peer["images_per_s"], 2)
+        ours_work = result["compute"]["gflop_per_image"]
+        result["work_per_image_over_peer"] = round(ours_work / peer["gflop_per_image"], 2)
     print(json.dumps(result, indent=1))
 
 

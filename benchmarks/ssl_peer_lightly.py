@@ -29,6 +29,7 @@ from lightly.utils.scheduler import cosine_schedule
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from training.models.config import BackboneConfig, build_backbone
 
@@ -75,6 +76,20 @@ class DINO(nn.Module):
         return self.teacher_head(self.teacher_backbone(x))
 
 
+def train_step(model: DINO, criterion: DINOLoss, optimizer, views, momentum: float):
+    """lightly's DINO example step: EMA teacher, DINO loss on every view, Adam."""
+    update_momentum(model.student_backbone, model.teacher_backbone, m=momentum)
+    update_momentum(model.student_head, model.teacher_head, m=momentum)
+    teacher_out = [model.forward_teacher(v) for v in views[:2]]
+    student_out = [model.forward(v) for v in views]
+    loss = criterion(teacher_out, student_out, epoch=0)
+    loss.backward()
+    model.student_head.cancel_last_layer_gradients(current_epoch=0)
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="npz with train_images")
@@ -91,21 +106,18 @@ def main() -> None:
     model = DINO()
     criterion = DINOLoss(output_dim=HEAD["output_dim"], warmup_teacher_temp_epochs=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)  # lightly's example
-    budget, steps, seen = args.minutes * 60, 0, 0
+    budget, steps, seen, gflop_per_step = args.minutes * 60, 0, 0, float("nan")
     expected_steps = 1000  # for the momentum schedule: about what a 15-minute budget allows
     started = time.perf_counter()
     while time.perf_counter() - started < budget:
         for views in loader:
             momentum = cosine_schedule(min(steps, expected_steps - 1), expected_steps, 0.996, 1)
-            update_momentum(model.student_backbone, model.teacher_backbone, m=momentum)
-            update_momentum(model.student_head, model.teacher_head, m=momentum)
-            teacher_out = [model.forward_teacher(v) for v in views[:2]]
-            student_out = [model.forward(v) for v in views]
-            loss = criterion(teacher_out, student_out, epoch=0)
-            loss.backward()
-            model.student_head.cancel_last_layer_gradients(current_epoch=0)
-            optimizer.step()
-            optimizer.zero_grad()
+            if steps == 1:  # the work of one step (the first warms up)
+                with FlopCounterMode(display=False) as counter:
+                    loss = train_step(model, criterion, optimizer, views, momentum)
+                gflop_per_step = counter.get_total_flops() / 1e9
+            else:
+                loss = train_step(model, criterion, optimizer, views, momentum)
             steps, seen = steps + 1, seen + BATCH
             if time.perf_counter() - started >= budget:
                 break
@@ -116,7 +128,8 @@ def main() -> None:
     (args.out / "config.json").write_text(json.dumps(config))
     result = {"steps": steps, "trained_s": round(elapsed, 1),
               "images_per_s": round(seen / elapsed, 2), "epochs": round(seen / len(images), 3),
-              "final_loss": round(float(loss.detach()), 5)}  # fmt: skip
+              "final_loss": round(float(loss.detach()), 5),
+              "gflop_per_image": round(gflop_per_step / BATCH, 3)}  # fmt: skip
     (args.out / "peer.json").write_text(json.dumps(result))
     print(json.dumps(result))
 

@@ -69,6 +69,33 @@ class SearchConfig:
     use_gpu: bool = True
 
 
+@dataclass(frozen=True)
+class IndexSettings:
+    """How each part's index is built and searched (see :mod:`curation.index`)."""
+
+    exact_max: int = 200_000  # bases up to this many vectors are searched exactly
+    list_size: int = 1024  # beyond: IVF with this many vectors per list on average ...
+    codes: str = "Flat"  # ... storing these codes (a faiss factory suffix, e.g. PQ64x8,RFlat)
+    factory: str | None = None  # a faiss factory string that overrides the three above
+    nprobe: int = 16
+    refine_factor: int = 16
+    train_per_list: int = 64  # training sample: this many vectors per IVF list
+    part_vectors: int = 2_000_000  # base vectors one search task holds
+    batch: int = 16_384  # queries per faiss call
+    use_gpu: bool = True
+
+    def factory_for(self, n: int, gpus: int) -> str:
+        """The faiss factory of a base of ``n`` vectors on a machine with ``gpus`` GPUs:
+        an HNSW coarse quantizer on a CPU (its cost grows with log(lists), not lists),
+        a flat one on GPUs (faiss has no GPU HNSW)."""
+        if self.factory:
+            return self.factory
+        if n <= self.exact_max:
+            return "Flat"
+        lists = max(1, round(n / self.list_size))
+        return f"IVF{lists}{'' if gpus else '_HNSW32'},{self.codes}"
+
+
 def default_factory(n: int, d: int) -> str:
     """IVF with about 4 sqrt(n) lists, PQ codes of d/4 bytes, exact re-ranking."""
     nlist = max(1, int(4 * math.sqrt(n)))
@@ -78,27 +105,64 @@ def default_factory(n: int, d: int) -> str:
     return f"IVF{nlist},PQ{m}x8,RFlat"
 
 
+def empty_index(d: int, factory: str) -> faiss.Index:
+    """An untrained inner-product index from a faiss factory string."""
+    return faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+
+
+def train_index(index: faiss.Index, sample: np.ndarray) -> None:
+    """Train ``index`` (its IVF quantizer, PQ codebooks) on ``sample``, if it needs it."""
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+
+
+def ready_for_search(
+    index: faiss.Index, nprobe: int, refine_factor: int, use_gpu: bool
+) -> faiss.Index:
+    """``index`` with its search settings, on all GPUs faiss sees where faiss can put it
+    (not a refined index; a quantizer other than flat stays on the CPU). Add vectors
+    after this: adding on a GPU is the fast way."""
+    if _is_ivf(index):
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+        faiss.downcast_index(index).k_factor = refine_factor
+    if _gpu_clonable(index) and gpu_count(use_gpu):
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def _is_ivf(index: faiss.Index) -> bool:
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _gpu_clonable(index: faiss.Index) -> bool:
+    if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+        return False  # faiss has no GPU refine wrapper
+    if _is_ivf(index):
+        return isinstance(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer),
+                          faiss.IndexFlat)  # fmt: skip
+    return True
+
+
 def build_search_index(base: np.ndarray, config: SearchConfig) -> faiss.Index:
     """An inner-product index holding ``base`` (see the module docstring)."""
     x = np.ascontiguousarray(base, dtype=np.float32)
     n, d = x.shape
     factory = "Flat" if n <= config.exact_max else (config.factory or default_factory(n, d))
-    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    index = empty_index(d, factory)
     if not index.is_trained:
-        ivf = faiss.extract_index_ivf(index)
-        sample = min(n, config.train_sample or 64 * ivf.nlist)
+        nlist = faiss.extract_index_ivf(index).nlist
+        sample = min(n, config.train_sample or 64 * nlist)
         chosen = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False))
-        index.train(x[chosen])
-    gpus = gpu_count(config.use_gpu)
-    if gpus and "RFlat" not in factory:  # faiss has no GPU refine wrapper
-        index = faiss.index_cpu_to_all_gpus(index)
+        train_index(index, x[chosen])
+    on_gpu = _gpu_clonable(index) and gpu_count(config.use_gpu) > 0
+    index = ready_for_search(index, config.nprobe, config.refine_factor, config.use_gpu)
     index.add(x)
-    if factory != "Flat":
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", config.nprobe)
-        if "RFlat" in factory:
-            faiss.downcast_index(index).k_factor = config.refine_factor
-    log.info("search index %s over %d vectors on %s", factory, n,
-             f"{gpus} GPU(s)" if gpus and "RFlat" not in factory else "CPU")  # fmt: skip
+    log.info("search index %s over %d vectors on %s", factory, n, "GPU" if on_gpu else "CPU")
     return index
 
 

@@ -149,6 +149,21 @@ LVD = ManifestSchema(
     ),
 )
 
+# Nearest neighbours found by a sharded search (curation.sharded_search), one shard per
+# query shard: ids are positions among the vectors that take part (curation.vector_shards)
+NEIGHBOURS = ManifestSchema(
+    name="neighbours",
+    version=1,
+    arrow=pa.schema(
+        [
+            pa.field("query", pa.int64(), nullable=False),
+            pa.field("base", pa.int64(), nullable=False),
+            pa.field("similarity", pa.float32(), nullable=False),  # cosine
+            pa.field("rank", pa.int32(), nullable=False),  # 0: the query's nearest
+        ]
+    ),
+)
+
 SCHEMAS: dict[str, ManifestSchema] = {
-    s.name: s for s in (POOL, EMBEDDING_IDS, HASHES, SAFETY, DEDUP, LVD)
+    s.name: s for s in (POOL, EMBEDDING_IDS, HASHES, SAFETY, DEDUP, LVD, NEIGHBOURS)
 }

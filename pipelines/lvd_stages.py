@@ -107,16 +107,11 @@ def dedup(b: Build) -> dict[str, Any]:
         manifest, _ = write_seed_manifest(name, b.config.seeds, b.eval_manifests)
         evaluation.append(str(b.eval_embeddings(name)))
         b.embed([manifest], Path(evaluation[-1]), b.copy_model, "dedup")
-    hashes, pool = str(b.hashes), str(b.pool_embeddings(b.copy_model))
-    stats = b.engine.call(_copy_dedup, hashes, [str(b.pool_manifest)], str(b.dir("dedup")), pool,
-                          evaluation, b.config.dedup, gpus=1.0)  # fmt: skip
+    hashes = ShardedParquet(b.hashes, HASHES).read()
+    stats = write_dedup(hashes, [b.pool_manifest], b.dir("dedup"),
+                        b.pool_embeddings(b.copy_model), evaluation, b.config.dedup, b.progress,
+                        b.engine.runner("dedup"))  # fmt: skip
     return {"funnel": stats["funnel"], "reasons": stats["reasons"]}
-
-
-def _copy_dedup(hashes: str, manifests: list[str], out: str, embeddings: str,
-                evaluation: list[str], config) -> dict:  # fmt: skip
-    table = ShardedParquet(hashes, HASHES).read()
-    return write_dedup(table, manifests, out, embeddings, evaluation, config)
 
 
 def embed_seeds(b: Build) -> dict[str, Any]:

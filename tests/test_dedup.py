@@ -20,11 +20,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from builders import jpeg_bytes, path_manifest, skimage_photos
-from curation.dedup.copy_graph import CopyGraphConfig, DescriptorSpace
+from curation.dedup.copy_graph import CopyGraphConfig
+from curation.descriptor_space import DescriptorSpace
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes
 from curation.dedup.policy import representatives
 from curation.dedup.stage import (
     DedupConfig,
+    SearchRun,
     copy_settings,
     deduplicate,
     hash_and_dedup,
@@ -152,7 +154,8 @@ def test_a_hash_pair_beyond_the_safe_radius_needs_the_descriptor(pool, tmp_path)
     reader = image_reader([pool["manifest"]], ids)
 
     def joined(config: DedupConfig, embeddings: EmbeddingStore | None) -> dict[str, bool]:
-        table, _ = deduplicate(hashes, embeddings, [], config, reader)
+        searches = SearchRun(tmp_path / f"search{len(list(tmp_path.iterdir()))}", progress=False)
+        table, _ = deduplicate(hashes, embeddings, [], config, searches, reader)
         group = table.column("hash_group").to_numpy()
         return {m: bool(group[ids.index(m)] == group[ids.index(of)]) for m, of in planted.items()}
 
@@ -170,19 +173,20 @@ def test_each_image_verifies_only_its_nearest_candidates(pool, tmp_path):
     for top in (1, 64):
         copy = replace(SMALL_POOL, verify=True, verify_from=0.0, verify_top=top)
         config = DedupConfig(num_workers=0, copy=copy)
-        _, stats = deduplicate(hashes, EmbeddingStore(pool["emb"]), [], config, reader)
+        searches = SearchRun(tmp_path / f"search{top}", progress=False)
+        _, stats = deduplicate(hashes, EmbeddingStore(pool["emb"]), [], config, searches, reader)
         verified[top] = stats["verification"]["verified_pairs"]
     n = hashes.num_rows
     assert verified[1] <= n < verified[64]  # one per image (a pair may be both's nearest)
 
 
 @pytest.mark.parametrize("decodable", [0, 1])
-def test_a_pool_with_fewer_than_two_images_to_compare_keeps_them_all(decodable):
+def test_a_pool_with_fewer_than_two_images_to_compare_keeps_them_all(decodable, tmp_path):
     rows = [{"id": f"bad{i}", "ok": False, "error": "UnidentifiedImageError"} for i in range(3)]
     rows += [{"id": "good", "ok": True, "sha256": "0" * 64, "phash": 7, "thumb": bytes(256),
               "pixels": 100}][:decodable]  # fmt: skip
     table, stats = deduplicate(pa.Table.from_pylist(rows, schema=HASHES.arrow), None, [],
-                               DedupConfig())  # fmt: skip
+                               DedupConfig(), SearchRun(tmp_path))  # fmt: skip
     assert table.column("keep").to_pylist() == [True] * len(rows)
     assert stats["funnel"]["after_relative"] == len(rows)
 

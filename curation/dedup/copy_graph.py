@@ -1,19 +1,15 @@
-"""Copy-detection graphs on L2-normalized descriptors with faiss: k nearest neighbours,
-edges above a cosine threshold, delivered chunk by chunk for a streaming union-find."""
+"""The copy-detection graph's settings: thresholds, verification and its kNN search
+(:mod:`curation.sharded_search`) in the space of :mod:`curation.descriptor_space`."""
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import faiss
-import numpy as np
-
 from curation.dedup.verify import CopyCriteria
-from curation.index import SearchConfig, build_search_index
+from curation.descriptor_space import NORMALIZATIONS
+from curation.index import IndexSettings
 from manifests.config import bounded
 
 log = logging.getLogger(__name__)
@@ -21,7 +17,6 @@ log = logging.getLogger(__name__)
 
 PAPER_COPY_SETTINGS = {"normalize": "none", "threshold": 0.6, "relative_threshold": 0.45,
                        "verify": False}  # fmt: skip
-NORMALIZATIONS = ("none", "center", "whiten")
 
 
 @dataclass
@@ -56,10 +51,16 @@ class CopyGraphConfig:
     max_residual_px: float = 1.0
     min_coverage: float = 0.35
     whiten_dim: int = bounded(256, at_least=1)
-    exact_max: int = 200_000  # larger pools use an IVF index
+    # the kNN search (curation.sharded_search): exact up to exact_max unique images;
+    # beyond, IVF with list_size descriptors per list (an HNSW coarse quantizer on CPUs),
+    # nprobe lists searched, trained on train_per_list descriptors per list
+    exact_max: int = bounded(200_000, at_least=0)
+    list_size: int = bounded(1024, at_least=1)
     nprobe: int = bounded(16, at_least=1)
-    # queries per search call: the edge stream's granularity
-    chunk: int = bounded(20_000, at_least=1)
+    train_per_list: int = bounded(64, at_least=1)
+    part_vectors: int = bounded(2_000_000, at_least=1)  # descriptors one search task holds
+    space_sample: int = bounded(200_000, at_least=1)  # descriptors normalize is fitted on
+    chunk: int = bounded(16_384, at_least=1)  # queries per search call
     use_gpu: bool = True  # when faiss sees a GPU
 
     @property
@@ -68,10 +69,13 @@ class CopyGraphConfig:
                             self.min_coverage, self.min_keypoint_share,
                             self.min_inliers_floor)  # fmt: skip
 
-    def ivf_factory(self, n: int) -> str:
-        """The faiss index of a pool of ``n`` beyond ``exact_max``: 4 sqrt(n) cells, flat
-        codes (the graph needs true cosines, so no PQ)."""
-        return f"IVF{max(1, int(4 * math.sqrt(n)))},Flat"
+    @property
+    def index(self) -> IndexSettings:
+        """The search index: flat codes (the graph needs true cosines, so no PQ)."""
+        return IndexSettings(exact_max=self.exact_max, list_size=self.list_size, codes="Flat",
+                             nprobe=self.nprobe, train_per_list=self.train_per_list,
+                             part_vectors=self.part_vectors, batch=self.chunk,
+                             use_gpu=self.use_gpu)  # fmt: skip
 
     def resolved(self, recommended: dict[str, Any] | None) -> CopyGraphConfig:
         """A copy with every unset setting filled in from ``recommended``, else the paper's."""
@@ -83,81 +87,3 @@ class CopyGraphConfig:
         if out.normalize not in NORMALIZATIONS:
             raise ValueError(f"copy.normalize {out.normalize!r}: expected one of {NORMALIZATIONS}")
         return out
-
-
-class DescriptorSpace:
-    """Where cosine similarities are taken, fitted on the pool's descriptors.
-
-    ``none``: L2-normalized as they are (SSCD's own space, where the paper's thresholds
-    hold). ``center``: minus the pool mean (pooled CNN features are all positive, so
-    unrelated images sit at cosine 0.5 or more). ``whiten``: PCA whitening to
-    ``whiten_dim`` dimensions (faiss.PCAMatrix, eigenvalue power -0.5), which damps the
-    few directions that say what an image shows and keeps those that say which image it
-    is; it needs more pool images than dimensions, else it falls back to ``center``.
-    """
-
-    def __init__(self, mode: str, whiten_dim: int = 256) -> None:
-        self.mode, self.whiten_dim = mode, whiten_dim
-        self.mean: np.ndarray | None = None
-        self.pca: faiss.PCAMatrix | None = None
-
-    def fit(self, vectors: np.ndarray, sample: int = 200_000) -> DescriptorSpace:
-        x = np.asarray(vectors, dtype=np.float32)
-        if self.mode == "whiten" and len(x) <= self.whiten_dim:
-            log.warning("whitening needs more than %d descriptors, got %d: centring instead",
-                        self.whiten_dim, len(x))  # fmt: skip
-            self.mode = "center"
-        if self.mode == "center":
-            self.mean = x.mean(axis=0)
-        elif self.mode == "whiten":
-            chosen = np.random.default_rng(0).choice(len(x), min(sample, len(x)), replace=False)
-            self.pca = faiss.PCAMatrix(x.shape[1], min(self.whiten_dim, x.shape[1]), -0.5)
-            self.pca.train(np.ascontiguousarray(x[np.sort(chosen)]))
-        return self
-
-    def apply(self, vectors: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.mean is not None:
-            x = np.ascontiguousarray(x - self.mean)
-        if self.pca is not None:
-            x = self.pca.apply(x)
-        faiss.normalize_L2(x)
-        return x
-
-
-def build_index(base: np.ndarray, config: CopyGraphConfig) -> faiss.Index:
-    """Exact inner-product search up to ``exact_max`` vectors, IVF beyond; on all GPUs
-    when faiss sees one."""
-    search = SearchConfig(exact_max=config.exact_max, factory=config.ivf_factory(len(base)),
-                          nprobe=config.nprobe, use_gpu=config.use_gpu)  # fmt: skip
-    return build_search_index(base, search)
-
-
-def knn_edges(
-    vectors: np.ndarray, config: CopyGraphConfig
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Chunks of edges (i, j, cosine), i != j, between each vector and its k nearest
-    neighbours with cosine above ``config.threshold``."""
-    index = build_index(vectors, config)
-    k = min(config.k + 1, len(vectors))  # +1: a vector finds itself
-    yield from _edges(index, vectors, k, config.threshold, config.chunk, self_search=True)
-
-
-def cross_edges(
-    queries: np.ndarray, base: np.ndarray, k: int, threshold: float, config: CopyGraphConfig
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Chunks of edges (query row, base row, cosine) above ``threshold``."""
-    index = build_index(base, config)
-    yield from _edges(index, queries, min(k, len(base)), threshold, config.chunk, self_search=False)
-
-
-def _edges(
-    index: faiss.Index, queries: np.ndarray, k: int, threshold: float, chunk: int, self_search: bool
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    for start in range(0, len(queries), chunk):
-        sims, found = index.search(queries[start : start + chunk], k)
-        rows = np.arange(start, start + len(sims))[:, None].repeat(k, axis=1)
-        keep = (sims > threshold) & (found >= 0)
-        if self_search:
-            keep &= found != rows
-        yield rows[keep], found[keep], sims[keep]

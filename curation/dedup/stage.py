@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,16 @@ import pyarrow as pa
 from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader
 
-from curation.dedup.copy_graph import (
-    PAPER_COPY_SETTINGS,
-    CopyGraphConfig,
-    DescriptorSpace,
-    cross_edges,
-    knn_edges,
-)
+from curation.dedup.copy_graph import PAPER_COPY_SETTINGS, CopyGraphConfig
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes, int64_codes
 from curation.dedup.policy import reasons, representatives
 from curation.dedup.union_find import UnionFind, components_of_equal_values
 from curation.dedup.verify import GeometricVerifier, accept_candidates
+from curation.descriptor_space import DescriptorSpace
 from curation.local_runner import run_locally
+from curation.sharded_search import SearchPlan, run_search
 from curation.tasks import ItemCounter, ShardRunner, ShardTasks
+from curation.vector_shards import VectorShards
 from manifests.atomic import write_bytes_atomic
 from manifests.config import bounded
 from manifests.embeddings import EmbeddingStore, require_same_model
@@ -130,20 +127,6 @@ def hash_shard(
     ShardedParquet(root, HASHES).write(index, table)
 
 
-def aligned_vectors(ids: list[str], store: EmbeddingStore) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of the pool that have a vector, those vectors), from an embedding directory."""
-    emb_ids, vectors = store.read()
-    row_of = {id_: row for row, id_ in enumerate(ids)}
-    rows = np.array([row_of.get(i, -1) for i in emb_ids], dtype=np.int64)
-    unknown = int((rows < 0).sum())
-    if unknown:
-        log.warning("%s: %d embedded ids are not in the pool; ignored", store.root, unknown)
-    missing = len(ids) - int((rows >= 0).sum())
-    if missing:  # build_lvd embeds one image per exact group
-        log.info("%d pool images have no embedding: no copy edges of their own", missing)
-    return rows[rows >= 0], vectors[rows >= 0]
-
-
 def copy_settings(
     config: CopyGraphConfig, pool: EmbeddingStore, evaluation: list[EmbeddingStore]
 ) -> CopyGraphConfig:
@@ -190,12 +173,14 @@ def hash_pairs(
 
 class CopyJudge:
     """Which candidate pairs of pool rows are copies, by the descriptors of the pool's
-    unique images (one per exact group): cosine above the threshold, or, with geometric
-    verification, what :func:`accept_candidates` decides."""
+    unique images (one per exact group; global ids of ``vectors``, pool rows
+    ``vector_rows``): cosine above the threshold, or, with geometric verification, what
+    :func:`accept_candidates` decides."""
 
-    def __init__(self, copy: CopyGraphConfig, vector_rows: np.ndarray, vectors: np.ndarray,
-                 n: int, read_image: Callable[[int], bytes] | None) -> None:  # fmt: skip
-        self.copy, self.rows, self.vectors = copy, vector_rows, vectors
+    def __init__(self, copy: CopyGraphConfig, vectors: VectorShards, vector_rows: np.ndarray,
+                 space: DescriptorSpace, n: int,
+                 read_image: Callable[[int], bytes] | None) -> None:  # fmt: skip
+        self.copy, self.vectors, self.rows, self.space = copy, vectors, vector_rows, space
         self.position = np.full(n, -1, np.int64)
         self.position[vector_rows] = np.arange(len(vector_rows))
         self.verifier = _verifier(copy, read_image, vector_rows)
@@ -205,26 +190,36 @@ class CopyJudge:
     def candidate_threshold(self) -> float:
         return self.copy.verify_from if self.verifier else self.copy.threshold
 
-    def knn_candidates(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Chunks of (vector row, vector row, cosine) from the kNN graph; with verification,
+    def knn_plan(self) -> SearchPlan:
+        """Each unique image's k nearest others above the candidate threshold."""
+        c = self.copy
+        return SearchPlan(self.vectors, self.vectors, c.k + 1, c.index, self.candidate_threshold,
+                          exclude_self=True, space=self.space)  # fmt: skip
+
+    def knn_candidates(
+        self, neighbours: ShardedParquet
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Shards of (vector id, vector id, cosine) of the kNN graph; with verification,
         only each image's ``verify_top`` nearest candidates below ``verify_until``."""
-        candidates = replace(self.copy, threshold=self.candidate_threshold)
-        for a, b, cosine in knn_edges(self.vectors, candidates):
-            if self.verifier is not None:  # a's rows ascend, each by falling cosine
-                rank = np.arange(len(a)) - np.searchsorted(a, a)
+        for _, table in neighbours.iter_shards():
+            a, b = table.column("query").to_numpy(), table.column("base").to_numpy()
+            cosine = table.column("similarity").to_numpy()
+            if self.verifier is not None:
+                rank = table.column("rank").to_numpy()
                 keep = (cosine >= self.copy.verify_until) | (rank < self.copy.verify_top)
                 a, b, cosine = a[keep], b[keep], cosine[keep]
             yield a, b, cosine
 
     def pair_candidates(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Pool-row pairs -> (vector row, vector row, cosine), those with descriptors both."""
+        """Pool-row pairs -> (vector id, vector id, cosine), those with descriptors both."""
         va, vb = self.position[a], self.position[b]
         both = (va >= 0) & (vb >= 0)
         va, vb = va[both], vb[both]
-        return va, vb, np.einsum("ij,ij->i", self.vectors[va], self.vectors[vb])
+        x = self.space.apply(self.vectors.gather(np.concatenate([va, vb])))
+        return va, vb, np.einsum("ij,ij->i", x[: len(va)], x[len(va) :])
 
     def copies(self, a: np.ndarray, b: np.ndarray, cosine: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The pool rows (a, b) of the candidate vector-row pairs that are copies."""
+        """The pool rows (a, b) of the candidate vector-id pairs that are copies."""
         keep = cosine > self.candidate_threshold
         a, b, cosine = a[keep], b[keep], cosine[keep]
         if self.verifier is not None:
@@ -237,15 +232,55 @@ class CopyJudge:
         return self.rows[a], self.rows[b]
 
 
+@dataclass(frozen=True)
+class SearchRun:
+    """Where the dedup's sharded searches write (``workdir/knn``, ``workdir/relative/I``)
+    and the runner of their tasks."""
+
+    workdir: Path
+    runner: ShardRunner = run_locally
+    progress: bool = True
+
+    def __call__(self, plan: SearchPlan, name: str) -> ShardedParquet:
+        return run_search(plan, self.workdir / name, self.runner, self.progress, f"dedup {name}")
+
+
+def unique_vectors(
+    embeddings: EmbeddingStore, ids: list[str], unique: np.ndarray
+) -> tuple[VectorShards, np.ndarray]:
+    """The descriptors of the pool rows ``unique`` (as shards) and the pool row of each."""
+    row_of = {id_: row for row, id_ in enumerate(ids)}
+    is_unique = np.zeros(len(ids), bool)
+    is_unique[unique] = True
+    unknown = []
+
+    def take(shard_ids: list[str]) -> np.ndarray:
+        rows = np.array([row_of.get(i, -1) for i in shard_ids], dtype=np.int64)
+        unknown.append(int((rows < 0).sum()))
+        return (rows >= 0) & is_unique[rows]
+
+    vectors, vector_ids = VectorShards.select(str(embeddings.root), take)
+    if sum(unknown):
+        log.warning("%s: %d embedded ids are not in the pool; ignored", embeddings.root,
+                    sum(unknown))  # fmt: skip
+    missing = len(unique) - len(vector_ids)
+    if missing:  # build_lvd embeds one image per exact group
+        log.info("%d unique pool images have no embedding: no copy edges of their own", missing)
+    return vectors, np.array([row_of[i] for i in vector_ids], dtype=np.int64)
+
+
 def deduplicate(
     hashes: pa.Table,
     embeddings: EmbeddingStore | None,
     evaluation: list[EmbeddingStore],
     config: DedupConfig,
+    searches: SearchRun,
     read_image: Callable[[int], bytes] | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
     """The dedup manifest (schema ``dedup/1``) for the rows of ``hashes``, and its stats.
-    ``read_image(row)`` gives a row's image bytes, for geometric verification.
+    ``read_image(row)`` gives a row's image bytes, for geometric verification; the kNN
+    searches run as shard tasks (:mod:`curation.sharded_search`), so no process holds the
+    pool's descriptors.
 
     Only one image per exact group takes part beyond the exact level (its descriptor is
     the group's; copies of its bytes add nothing), so a pool embedded in full and one whose
@@ -280,11 +315,10 @@ def deduplicate(
         started = time.perf_counter()
         copy = copy_settings(config.copy, embeddings, evaluation)
         stats["copy_settings"] = {k: getattr(copy, k) for k in PAPER_COPY_SETTINGS}
-        emb_rows, raw = aligned_vectors(ids, embeddings)
-        is_unique = np.isin(emb_rows, unique)
-        emb_rows, raw = emb_rows[is_unique], raw[is_unique]
-        space = DescriptorSpace(copy.normalize, copy.whiten_dim).fit(raw)
-        judge = CopyJudge(copy, emb_rows, space.apply(raw), n, read_image)
+        vectors, vector_rows = unique_vectors(embeddings, ids, unique)
+        space = DescriptorSpace(copy.normalize, copy.whiten_dim)
+        space.fit(vectors.sample(copy.space_sample))
+        judge = CopyJudge(copy, vectors, vector_rows, space, n, read_image)
         confirmed = judge.copies(*judge.pair_candidates(*unsure))
         uf.union(*confirmed)
         stats["edges"]["hash_confirmed"] = len(confirmed[0])
@@ -293,16 +327,18 @@ def deduplicate(
 
     if judge is not None:
         stats["edges"]["copy"] = 0
-        for chunk in judge.knn_candidates():
+        for chunk in judge.knn_candidates(searches(judge.knn_plan(), "knn")):
             edges = judge.copies(*chunk)
             uf.union(*edges)
             stats["edges"]["copy"] += len(edges[0])
         stats["verification"] = judge.outcomes
         timings["copy_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        for store in evaluation:
-            eval_vectors = space.apply(store.read()[1])
-            tainted[judge.rows[_near(judge.vectors, eval_vectors, judge.copy)]] = True
+        for i, store in enumerate(evaluation):
+            near = SearchPlan(VectorShards.select(str(store.root))[0], vectors, 1,
+                              copy.index, copy.relative_threshold, space=space)  # fmt: skip
+            for _, table in searches(near, f"relative/{i}").iter_shards(["query"]):
+                tainted[vector_rows[table.column("query").to_numpy()]] = True
         timings["relative_s"] = time.perf_counter() - started
     elif len(unsure[0]):
         log.warning("%d hash pairs beyond the safe radius left unconfirmed: no descriptors "
@@ -343,12 +379,6 @@ def _verifier(
     )
 
 
-def _near(vectors: np.ndarray, evaluation: np.ndarray, copy: CopyGraphConfig) -> np.ndarray:
-    """Rows of ``vectors`` with an evaluation image above the relative threshold."""
-    near = [a for a, _, _ in cross_edges(vectors, evaluation, 1, copy.relative_threshold, copy)]
-    return np.unique(np.concatenate(near)) if near else np.zeros(0, np.int64)
-
-
 def hash_and_dedup(
     manifests: list[str | Path],
     out: str | Path,
@@ -363,7 +393,7 @@ def hash_and_dedup(
     config = config or DedupConfig()
     started = time.perf_counter()
     hashes = hash_pool(manifests, out, config, progress, runner).read()
-    stats = write_dedup(hashes, manifests, out, embeddings, evaluation, config)
+    stats = write_dedup(hashes, manifests, out, embeddings, evaluation, config, progress, runner)
     stats["seconds"]["hash_stage_s"] = round(time.perf_counter() - started, 3)
     write_bytes_atomic(Path(out) / "dedup_stats.json", json.dumps(stats, indent=1).encode())
     return stats
@@ -376,14 +406,18 @@ def write_dedup(
     embeddings: str | Path | None = None,
     evaluation: list[str | Path] = (),
     config: DedupConfig | None = None,
+    progress: bool = True,
+    runner: ShardRunner = run_locally,
 ) -> dict[str, Any]:
     """:func:`deduplicate` the hashed pool (its images listed by ``manifests``) into
-    ``out/dedup/NNNNN.parquet`` and ``out/dedup_stats.json``; returns the stats."""
+    ``out/dedup/NNNNN.parquet`` and ``out/dedup_stats.json``; returns the stats. The kNN
+    searches' shards (resumable) go to ``out/copy_graph/``."""
     config = config or DedupConfig()
     pool_store = EmbeddingStore(embeddings) if embeddings is not None else None
     reader = image_reader(manifests, hashes.column("id").to_pylist())
+    searches = SearchRun(Path(out) / "copy_graph", runner, progress)
     table, stats = deduplicate(hashes, pool_store, [EmbeddingStore(e) for e in evaluation],
-                               config, reader)  # fmt: skip
+                               config, searches, reader)  # fmt: skip
     stats["reasons"] = {
         str(k): v for k, v in Counter(table.column("reason").to_pylist()).items() if k is not None
     }

@@ -12,10 +12,9 @@ embed_pool, dedup of ``configs/curation/local.yaml``); the same crawled images t
 through ``pipelines.embed`` + ``pipelines.dedup``. Each route is scored by pairwise precision
 and recall over its components, every pair counted (distractors merged with each other are
 false pairs too), and recall per edit; the routes' agreement is the pairs they decide
-differently. Then the kNN graph on 1e5 and 1e6 synthetic 512-d descriptors: edge recall
-against exact search on a sample of queries, components found vs expected, and time.
+differently. The kNN graph's speed, memory and recall at pool scale: benchmarks/pool_scale.py.
 
-    python benchmarks/dedup_quality.py [--seed 0] [--workdir DIR] [--graph-sizes 1e5,1e6]
+    python benchmarks/dedup_quality.py [--seed 0] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -28,13 +27,10 @@ import time
 import zlib
 from pathlib import Path
 
-import faiss
 import numpy as np
 from PIL import Image
 
-from curation.dedup.copy_graph import CopyGraphConfig, DescriptorSpace, build_index, knn_edges
 from curation.dedup.stage import hash_and_dedup
-from curation.dedup.union_find import UnionFind
 from curation.embed import embed_manifests, load_embedder
 from manifests.config import load_config
 from manifests.parquet_io import read_manifest
@@ -189,93 +185,6 @@ def routes(args, workdir: Path) -> dict:
     }  # fmt: skip
 
 
-def synthetic_descriptors(n: int, clustered: bool, dim: int = 512, seed: int = 0) -> np.ndarray:
-    """Unit vectors where one in ten has three near copies (cosine about 0.8 to it).
-    Isotropic: the rest are random directions, the worst case for an IVF index (no
-    structure for its cells to follow). Clustered: images come from 1000 topics (two
-    images of a topic at cosine about 0.5), as real descriptors do."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    if clustered:
-        centres = rng.standard_normal((1000, dim), dtype=np.float32)
-        x += centres[rng.integers(0, len(centres), n)]
-    originals = np.arange(0, n - 3, 10)
-    spread = 1.0 if clustered else 0.7  # cosine 0.82 to the original either way
-    for offset in (1, 2, 3):
-        noise = rng.standard_normal((len(originals), dim), dtype=np.float32)
-        x[originals + offset] = x[originals] + spread * noise
-    return DescriptorSpace("none").apply(x)
-
-
-def exact_edges(vectors: np.ndarray, queries: np.ndarray, config: CopyGraphConfig) -> set:
-    """Edges (query, neighbour) above the threshold among each query's exact k nearest."""
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    return _edge_set(queries, *index.search(vectors[queries], config.k + 1), config.threshold)
-
-
-def _edge_set(queries: np.ndarray, sims: np.ndarray, found: np.ndarray, threshold: float) -> set:
-    above = (sims > threshold) & (found != queries[:, None]) & (found >= 0)
-    rows = np.broadcast_to(queries[:, None], found.shape)
-    return set(zip(rows[above].tolist(), found[above].tolist(), strict=True))
-
-
-def recall_by_nprobe(vectors: np.ndarray, queries: np.ndarray, exact: set,
-                     config: CopyGraphConfig) -> dict:  # fmt: skip
-    """Edge recall of the sampled queries and search seconds per 1e6 queries, for a few
-    nprobe settings of the graph's IVF index (built once)."""
-    index = build_index(vectors, config)
-    out = {}
-    for nprobe in (8, 16, 32, 64, 128):
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
-        started = time.perf_counter()
-        sims, found = index.search(vectors[queries], config.k + 1)
-        seconds = time.perf_counter() - started
-        edges = _edge_set(queries, sims, found, config.threshold)
-        recall = len(edges & exact) / max(1, len(exact))
-        per_million = seconds * 1e6 / len(queries)
-        out[nprobe] = {"edge_recall": round(recall, 5),
-                       "search_s_per_1e6_queries": round(per_million, 1)}  # fmt: skip
-    return out
-
-
-def graph_timing(n: int, clustered: bool, full: bool, nprobe: int | None,
-                 sample: int = 2000) -> dict:  # fmt: skip
-    """The copy graph of ``n`` synthetic descriptors: the share of the exact graph's edges
-    (on ``sample`` queries) that its index finds at a few nprobe settings, and with
-    ``full`` the whole graph's time and components at the dedup's nprobe."""
-    vectors = synthetic_descriptors(n, clustered)
-    given = {} if nprobe is None else {"nprobe": nprobe}
-    config = CopyGraphConfig(**given).resolved(None)  # the paper's 0.6 on raw cosine
-    queries = np.random.default_rng(1).choice(n, min(sample, n), replace=False)
-    exact = exact_edges(vectors, queries, config)
-    report = {"descriptors": n, "data": "clustered" if clustered else "isotropic",
-              "dim": vectors.shape[1], "k": config.k, "sampled_exact_edges": len(exact),
-              "expected_components": n - 3 * len(range(0, n - 3, 10))}  # fmt: skip
-    if n > config.exact_max:
-        report["index"] = config.ivf_factory(n)
-        report["by_nprobe"] = recall_by_nprobe(vectors, queries, exact, config)
-    if not full:
-        return report
-    is_query = np.zeros(n, bool)
-    is_query[queries] = True
-    started = time.perf_counter()
-    uf = UnionFind(n)
-    edges, found = 0, set()
-    for a, b, _ in knn_edges(vectors, config):
-        uf.union(a, b)
-        edges += len(a)
-        chosen = is_query[a]
-        found |= set(zip(a[chosen].tolist(), b[chosen].tolist(), strict=True))
-    labels = uf.labels()
-    seconds = time.perf_counter() - started
-    return report | {
-        "graph": {"nprobe": None if n <= config.exact_max else config.nprobe, "edges": edges,
-                  "edge_recall": round(len(found & exact) / max(1, len(exact)), 5),
-                  "components": int(len(np.unique(labels))),
-                  "graph_and_components_s": round(seconds, 1)}}  # fmt: skip
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0, help="which images are bases, and the edits")
@@ -283,24 +192,10 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=3, help="edited copies per base")
     p.add_argument("--singles", type=int, default=240, help="distractors")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-dedup"))
-    p.add_argument("--graph-sizes", default="1e5,1e6", help="comma-separated; empty: none")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF cells searched; default: the "
-                   "dedup's own")  # fmt: skip
-    p.add_argument("--skip-routes", action="store_true", help="only the graph")
-    p.add_argument("--graph-data", default="clustered,isotropic", help="synthetic descriptors")
-    p.add_argument("--no-full-graph", action="store_true",
-                   help="only the edge recall per nprobe, not the whole graph's time")  # fmt: skip
     args = p.parse_args()
-    report = {}
-    if not args.skip_routes:
-        ensure_packages()
-        shutil.rmtree(args.workdir, ignore_errors=True)  # fresh timings, never a resume
-        report["routes"] = routes(args, args.workdir)
-    sizes = [int(float(s)) for s in args.graph_sizes.split(",") if s]
-    kinds = args.graph_data.split(",")
-    report["graph"] = [graph_timing(n, kind == "clustered", not args.no_full_graph, args.nprobe)
-                       for n in sizes for kind in kinds]  # fmt: skip
-    print(json.dumps(report, indent=1))
+    ensure_packages()
+    shutil.rmtree(args.workdir, ignore_errors=True)  # fresh timings, never a resume
+    print(json.dumps({"routes": routes(args, args.workdir)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from curation.index import (
     KMeansConfig,
     SearchConfig,
     build_search_index,
-    default_factory,
+    gpu_count,
     kmeans,
     search,
 )
@@ -88,7 +88,8 @@ def main() -> None:
     print(json.dumps({
         "vectors": args.n, "dim": args.dim, "queries": args.queries,
         "kmeans": {"k": args.kmeans_k, "niter": 20, "seconds": round(kmeans_s, 1)},
-        "ivfpq": {"factory": default_factory(args.n, args.dim), "nprobe": config.nprobe,
+        "ivfpq": {"factory": config.index(args.dim).factory_for(args.n, gpu_count()),
+                  "nprobe": config.nprobe,
                   "refine_factor": config.refine_factor, "build_s": round(build_s, 1),
                   "search_s": round(search_s, 1), "ms_per_query": round(per_query["ivfpq_ms"], 3)},
         "exact": {"queries": len(subset), "search_s": round(exact_s, 1),

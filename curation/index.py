@@ -1,9 +1,9 @@
 """faiss k-means and nearest-neighbour search on L2-normalized vectors (cosine), on all GPUs
 faiss sees, else on the CPU.
 
-Search is exact (flat inner product) up to ``exact_max`` base vectors; beyond, an index
-from a faiss factory string, IVF-PQ by default, refined by exact distances of the
-shortlist so that PQ's approximation costs speed, not ranking.
+Search is exact (flat inner product) up to ``exact_max`` base vectors; beyond, an IVF
+index (:class:`IndexSettings`). A pool's search runs sharded (:mod:`curation.sharded_search`);
+:func:`build_search_index` builds one index in one process, for what fits there.
 """
 
 from __future__ import annotations
@@ -32,62 +32,72 @@ class KMeansConfig:
     nredo: int = bounded(1, at_least=1)  # runs from other random starts; the best objective wins
     seed: int = 0
     spherical: bool = True  # centroids renormalized: clusters by cosine
-    # faiss trains on at most k x this many points and drops the rest without a word;
-    # None trains on every point, a number subsamples and says so in the log
-    max_points_per_centroid: int | None = None
+    # centroids are trained on a sample of k x this many points (faiss's own default; it
+    # would drop the rest without a word); null trains on every point, in one process
+    max_points_per_centroid: int | None = bounded(256, at_least=1)
     use_gpu: bool = True
 
+    def sample_size(self, n: int) -> int:
+        """Points the centroids of a pool of ``n`` are trained on."""
+        per_centroid = self.max_points_per_centroid
+        return n if per_centroid is None else min(n, min(self.k, n) * per_centroid)
 
-def kmeans(vectors: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids (k, d), the centroid of each vector (n,)); k is capped at n."""
+
+def kmeans_centroids(vectors: np.ndarray, config: KMeansConfig) -> np.ndarray:
+    """Centroids (k, d) of ``vectors`` (all of them: sample before); k is capped at n."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
     k = min(config.k, n)
-    per_centroid = config.max_points_per_centroid or math.ceil(n / k)
-    if n > k * per_centroid:
-        log.info("k-means trains on %d of %d points (max_points_per_centroid=%d)",
-                 k * per_centroid, n, per_centroid)  # fmt: skip
     gpus = gpu_count(config.use_gpu)
     km = faiss.Kmeans(d, k, niter=config.niter, nredo=config.nredo, seed=config.seed,
-                      spherical=config.spherical, max_points_per_centroid=per_centroid,
+                      spherical=config.spherical, max_points_per_centroid=math.ceil(n / k),
                       min_points_per_centroid=1, gpu=gpus > 0, verbose=False)  # fmt: skip
     log.info("k-means: %d points, k=%d, %s", n, k, f"{gpus} GPU(s)" if gpus else "CPU")
     km.train(x)
-    _, assignment = km.index.search(x, 1)
-    return km.centroids, assignment[:, 0]
+    return km.centroids
 
 
-@dataclass
-class SearchConfig:
-    exact_max: int = bounded(100_000, at_least=0)  # searched exactly; more use `factory`
-    factory: str | None = None  # faiss index_factory string; None: default_factory(n, d)
-    nprobe: int = bounded(32, at_least=1)
-    # shortlist of k x this re-ranked exactly (factories with RFlat)
-    refine_factor: int = bounded(16, at_least=1)
-    train_sample: int | None = None  # None: 64 x nlist, at most the base
-    batch: int = bounded(16_384, at_least=1)  # queries per call
-    use_gpu: bool = True
+def assign(
+    vectors: np.ndarray, centroids: np.ndarray, spherical: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid, inner product with it) of each vector: by cosine for spherical
+    k-means, by L2 distance otherwise, as faiss's k-means assigns."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    index = faiss.IndexFlatIP(c.shape[1]) if spherical else faiss.IndexFlatL2(c.shape[1])
+    index.add(c)
+    _, nearest = index.search(x, 1)
+    nearest = nearest[:, 0]
+    return nearest, np.einsum("ij,ij->i", x, c[nearest])
+
+
+def kmeans(vectors: np.ndarray, config: KMeansConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids (k, d), the centroid of each vector (n,)), trained on every vector, in
+    one process; a pool is clustered as shard tasks (curation.retrieval.cluster_pool)."""
+    centroids = kmeans_centroids(vectors, config)
+    return centroids, assign(vectors, centroids, config.spherical)[0]
 
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """How each part's index is built and searched (see :mod:`curation.index`)."""
+    """How an index (each part of a sharded one) is built and searched."""
 
     exact_max: int = 200_000  # bases up to this many vectors are searched exactly
     list_size: int = 1024  # beyond: IVF with this many vectors per list on average ...
     codes: str = "Flat"  # ... storing these codes (a faiss factory suffix, e.g. PQ64x8,RFlat)
     factory: str | None = None  # a faiss factory string that overrides the three above
     nprobe: int = 16
-    refine_factor: int = 16
+    refine_factor: int = 16  # a refined index (RFlat) re-ranks k x this exactly
     train_per_list: int = 64  # training sample: this many vectors per IVF list
     part_vectors: int = 2_000_000  # base vectors one search task holds
     batch: int = 16_384  # queries per faiss call
     use_gpu: bool = True
 
     def factory_for(self, n: int, gpus: int) -> str:
-        """The faiss factory of a base of ``n`` vectors on a machine with ``gpus`` GPUs:
-        an HNSW coarse quantizer on a CPU (its cost grows with log(lists), not lists),
-        a flat one on GPUs (faiss has no GPU HNSW)."""
+        """The faiss factory of a base of ``n`` vectors on a machine with ``gpus`` GPUs.
+        Lists of a constant size keep the scan per query constant as the base grows; the
+        coarse quantizer is HNSW on a CPU (its cost grows with log(lists), not lists) and
+        flat on GPUs (faiss has no GPU HNSW)."""
         if self.factory:
             return self.factory
         if n <= self.exact_max:
@@ -96,18 +106,49 @@ class IndexSettings:
         return f"IVF{lists}{'' if gpus else '_HNSW32'},{self.codes}"
 
 
-def default_factory(n: int, d: int) -> str:
-    """IVF with about 4 sqrt(n) lists, PQ codes of d/4 bytes, exact re-ranking."""
-    nlist = max(1, int(4 * math.sqrt(n)))
+@dataclass
+class SearchConfig:
+    """Retrieval's search: exact up to ``exact_max`` pool images, else IVF-PQ (codes of
+    d/4 bytes) re-ranked by exact distances of a shortlist, so that PQ costs speed, not
+    ranking; the pool's index is cut into parts of ``part_vectors``, one task each."""
+
+    exact_max: int = bounded(100_000, at_least=0)
+    factory: str | None = None  # a faiss index_factory string instead of the rule above
+    list_size: int = bounded(1024, at_least=1)  # pool images per IVF list, on average
+    nprobe: int = bounded(32, at_least=1)
+    refine_factor: int = bounded(16, at_least=1)  # shortlist of k x this re-ranked
+    train_per_list: int = bounded(64, at_least=1)  # IVF training sample per list
+    part_vectors: int = bounded(2_000_000, at_least=1)  # pool images one search task holds
+    batch: int = bounded(16_384, at_least=1)  # queries per call
+    use_gpu: bool = True
+
+    def index(self, d: int) -> IndexSettings:
+        return IndexSettings(self.exact_max, self.list_size, pq_codes(d), self.factory,
+                             self.nprobe, self.refine_factor, self.train_per_list,
+                             self.part_vectors, self.batch, self.use_gpu)  # fmt: skip
+
+
+def pq_codes(d: int) -> str:
+    """PQ codes of about d/4 bytes (8-bit sub-quantizers), re-ranked exactly."""
     m = max(1, d // 4)
     while d % m:
         m -= 1
-    return f"IVF{nlist},PQ{m}x8,RFlat"
+    return f"PQ{m}x8,RFlat"
 
 
 def empty_index(d: int, factory: str) -> faiss.Index:
     """An untrained inner-product index from a faiss factory string."""
     return faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+
+
+def training_points(index: faiss.Index, per_list: int) -> int:
+    """How many vectors to train ``index`` on: ``per_list`` per IVF list, and at least
+    64 per code of 8-bit product quantizers (256 codes), which train beside the lists."""
+    try:
+        lists = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:  # not an IVF index
+        lists = 0
+    return max(per_list * lists, 64 * 256)
 
 
 def train_index(index: faiss.Index, sample: np.ndarray) -> None:
@@ -149,17 +190,18 @@ def _gpu_clonable(index: faiss.Index) -> bool:
 
 
 def build_search_index(base: np.ndarray, config: SearchConfig) -> faiss.Index:
-    """An inner-product index holding ``base`` (see the module docstring)."""
+    """An inner-product index holding ``base``, in one process (see SearchConfig)."""
     x = np.ascontiguousarray(base, dtype=np.float32)
     n, d = x.shape
-    factory = "Flat" if n <= config.exact_max else (config.factory or default_factory(n, d))
+    settings = config.index(d)
+    gpus = gpu_count(config.use_gpu)
+    factory = settings.factory_for(n, gpus)
     index = empty_index(d, factory)
     if not index.is_trained:
-        nlist = faiss.extract_index_ivf(index).nlist
-        sample = min(n, config.train_sample or 64 * nlist)
+        sample = min(n, training_points(index, config.train_per_list))
         chosen = np.sort(np.random.default_rng(0).choice(n, size=sample, replace=False))
         train_index(index, x[chosen])
-    on_gpu = _gpu_clonable(index) and gpu_count(config.use_gpu) > 0
+    on_gpu = _gpu_clonable(index) and gpus > 0
     index = ready_for_search(index, config.nprobe, config.refine_factor, config.use_gpu)
     index.add(x)
     log.info("search index %s over %d vectors on %s", factory, n, "GPU" if on_gpu else "CPU")

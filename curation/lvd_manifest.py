@@ -15,14 +15,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.index import KMeansConfig, SearchConfig
+from curation.local_runner import run_locally
 from curation.retrieval import (
     Candidates,
     PoolClusters,
     SeedSetPlan,
+    cluster_pool,
     merge_provenance,
     sample_clusters,
     sample_nearest,
 )
+from curation.tasks import ShardRunner
+from curation.vector_shards import VectorShards
 from manifests.atomic import write_bytes_atomic
 from manifests.config import ConfigError
 from manifests.embeddings import EmbeddingStore, require_same_model
@@ -61,18 +65,21 @@ class RetrievalConfig:
                 raise ConfigError(f"seed set {plan.name}: as_is needs its manifest")
 
 
-def _candidate_pool(pool: PoolInputs) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
-    """(ids, vectors, image rows) of the pool images that were embedded and kept."""
-    ids, vectors = EmbeddingStore(pool.embeddings).read()
+def _candidate_pool(pool: PoolInputs) -> tuple[VectorShards, list[str], dict[str, Any]]:
+    """(vectors, ids) of the pool images that were embedded and kept (the descriptors
+    stay in their shards), and the image rows of the pool by id."""
     rows = {r["id"]: r for r in read_image_rows(pool.manifest)}
-    keep = np.array([i in rows for i in ids], dtype=bool)
+    kept: set[str] | None = None
     if pool.dedup is not None:
         dedup = read_manifest([Path(pool.dedup) / "dedup"], DEDUP, ["id", "keep"])
         kept = set(dedup.filter(pc.field("keep")).column("id").to_pylist())
-        keep &= np.array([i in kept for i in ids], dtype=bool)
-    log.info("retrieval candidates: %d of %d embedded pool images", int(keep.sum()), len(ids))
-    ids = [i for i, k in zip(ids, keep, strict=True) if k]
-    return ids, vectors[keep], [rows[i] for i in ids]
+
+    def take(ids: list[str]) -> np.ndarray:
+        return np.array([i in rows and (kept is None or i in kept) for i in ids], dtype=bool)
+
+    vectors, ids = VectorShards.select(pool.embeddings, take)
+    log.info("retrieval candidates: %d embedded and kept pool images", len(ids))
+    return vectors, ids, rows
 
 
 def _as_is_rows(plan: SeedSetPlan) -> list[dict[str, Any]]:
@@ -85,13 +92,22 @@ def _as_is_rows(plan: SeedSetPlan) -> list[dict[str, Any]]:
 
 
 def write_lvd_manifest(
-    config: RetrievalConfig, out: str | Path, root: str | Path | None = None
+    config: RetrievalConfig,
+    out: str | Path,
+    root: str | Path | None = None,
+    runner: ShardRunner = run_locally,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Write ``out/lvd/NNNNN.parquet`` and ``out/retrieval_stats.json``; returns the stats.
-    Images under ``root`` (the build directory) are located relative to the manifest."""
+    Images under ``root`` (the build directory) are located relative to the manifest. The
+    searches and the clustering run as shard tasks on ``runner`` (work in ``out/search``,
+    resumable), so no process holds the pool's descriptors."""
     config.validate()
-    pool_ids, pool, pool_rows = _candidate_pool(config.pool)
+    pool, pool_ids, image_rows = _candidate_pool(config.pool)
+    if not len(pool):
+        raise ManifestError(f"{config.pool.embeddings}: no embedded pool image is kept")
     pool_store = EmbeddingStore(config.pool.embeddings)
+    work = Path(out) / "search"
     rng = np.random.default_rng(config.seed)
     clusters: PoolClusters | None = None
     retrieved: dict[str, tuple[str, Candidates]] = {}
@@ -107,26 +123,30 @@ def write_lvd_manifest(
             continue
         store = EmbeddingStore(plan.embeddings)
         require_same_model(pool_store, [store])
-        seed_ids, seeds = store.read()
         if plan.method == "sample":
-            found = sample_nearest(pool, seeds, seed_ids, plan.neighbours, config.search)
+            seeds, seed_ids = VectorShards.select(plan.embeddings)
+            work_dir = work / f"sample-{plan.name}-k{plan.neighbours}"
+            found = sample_nearest(pool, seeds, seed_ids, plan.neighbours, config.search,
+                                   work_dir, runner, progress)  # fmt: skip
             before_cap = len(np.unique(found.pool_rows))
         else:
-            clusters = clusters or PoolClusters.of(pool, config.kmeans)
-            found, before_cap = sample_clusters(clusters, pool, seeds, plan, rng)
+            seed_ids, seeds = store.read()
+            clusters = clusters or cluster_pool(pool, config.kmeans, work / "kmeans", runner,
+                                                progress)  # fmt: skip
+            found, before_cap = sample_clusters(clusters, seeds, plan, rng)
         retrieved[plan.name] = (plan.method, found)
         entry |= {"seed_images": len(seed_ids), "retrieved": before_cap,
                   "after_cap": len(np.unique(found.pool_rows))}  # fmt: skip
         table15.append(entry)
 
     merged = merge_provenance(retrieved).to_pylist()
-    rows = [{"id": pool_ids[m["pool_row"]], **row_location(pool_rows[m["pool_row"]]),
+    rows = [{"id": pool_ids[m["pool_row"]], **row_location(image_rows[pool_ids[m["pool_row"]]]),
              **{k: v for k, v in m.items() if k != "pool_row"}} for m in merged]  # fmt: skip
     lvd = ShardedParquet(Path(out) / "lvd", LVD)
     rows = [portable_location(r, lvd.root, root) for r in _merge_by_id(rows + as_is)]
     table = pa.Table.from_pylist(rows, schema=LVD.arrow)
     lvd.write_table(table, config.rows_per_shard)
-    stats = {"images": table.num_rows, "candidates": len(pool_ids), "seed_sets": table15}
+    stats = {"images": table.num_rows, "candidates": len(pool), "seed_sets": table15}
     write_bytes_atomic(Path(out) / "retrieval_stats.json", json.dumps(stats, indent=1).encode())
     return stats
 

@@ -17,17 +17,33 @@ them all.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from curation.index import KMeansConfig, SearchConfig, build_search_index, kmeans, search
+from curation.index import (
+    KMeansConfig,
+    SearchConfig,
+    assign,
+    build_search_index,
+    kmeans_centroids,
+    search,
+)
+from curation.sharded_search import SearchPlan, run_search
+from curation.tasks import ItemCounter, ShardRunner, ShardTasks
+from curation.vector_shards import VectorShards
+from manifests.atomic import atomic_path
 from manifests.config import ConfigError
+from manifests.job import claim_directory
+from manifests.parquet_io import ShardedParquet
+from manifests.schemas import NEIGHBOURS
 
 log = logging.getLogger(__name__)
 
 METHODS = ("as_is", "sample", "cluster")
+CENTROIDS = "centroids.npy"
 
 
 @dataclass
@@ -64,25 +80,24 @@ class Candidates:
 
 
 def sample_nearest(
-    pool: np.ndarray, seeds: np.ndarray, seed_ids: list[str], k: int, config: SearchConfig
-) -> Candidates:
-    """The k nearest pool vectors of every seed vector."""
-    k = min(k, len(pool))
-    sims, rows = search(build_search_index(pool, config), seeds, k, config.batch)
-    found = rows >= 0
-    seed_of = np.repeat(np.arange(len(seeds)), k).reshape(len(seeds), k)[found]
-    return Candidates(rows[found], [seed_ids[i] for i in seed_of], sims[found],
-                      np.full(int(found.sum()), -1))  # fmt: skip
+    pool: VectorShards, seeds: VectorShards, seed_ids: list[str], k: int,
+    config: SearchConfig, out: Path, runner: ShardRunner, progress: bool = True,
+) -> Candidates:  # fmt: skip
+    """The k nearest pool vectors of every seed vector, by a sharded search into ``out``."""
+    plan = SearchPlan(pool, seeds, k, config.index(pool.dim))
+    neighbours = run_search(plan, out, runner, progress, f"retrieve {out.name}")
+    found = neighbours.read(["query", "base", "similarity"])
+    seed_of = found.column("query").to_numpy()
+    return Candidates(found.column("base").to_numpy(), [seed_ids[i] for i in seed_of],
+                      found.column("similarity").to_numpy(),
+                      np.full(found.num_rows, -1))  # fmt: skip
 
 
 @dataclass
 class PoolClusters:
     centroids: np.ndarray
     assignment: np.ndarray  # cluster of each pool vector
-
-    @classmethod
-    def of(cls, pool: np.ndarray, config: KMeansConfig) -> PoolClusters:
-        return cls(*kmeans(pool, config))
+    similarity: np.ndarray  # inner product of each pool vector with its centroid
 
     def members(self) -> dict[int, np.ndarray]:
         order = np.argsort(self.assignment, kind="stable")
@@ -90,12 +105,57 @@ class PoolClusters:
         return dict(zip(ids.tolist(), np.split(order, starts[1:]), strict=True))
 
 
+def cluster_pool(
+    pool: VectorShards, config: KMeansConfig, out: str | Path, runner: ShardRunner,
+    progress: bool = True,
+) -> PoolClusters:  # fmt: skip
+    """k-means of the pool as shard tasks: centroids trained on a sample (one task,
+    ``out/centroids.npy``), then every pool shard assigned (one task each,
+    ``out/assignment/NNNNN.parquet``); both resume."""
+    out = Path(out)
+    assignments = ShardedParquet(out / "assignment", NEIGHBOURS)
+    job = {"pool": [pool.root, len(pool)], "kmeans": asdict(config) | {"use_gpu": None}}
+    claim_directory(out, "kmeans.json", job, (out / CENTROIDS).exists())
+    gpus = 1.0 if config.use_gpu else 0.0
+    if not (out / CENTROIDS).exists():
+        runner(ShardTasks(fit_centroids, [(pool, config, str(out))], "k-means: fit", gpus=gpus),
+               progress)  # fmt: skip
+    done = set(assignments.complete())
+    tasks = [(q, pool, config.spherical, str(out)) for q in range(len(pool.shards))
+             if q not in done]  # fmt: skip
+    runner(ShardTasks(assign_shard, tasks, "k-means: assign", processes=0), progress)
+    table = assignments.read(["base", "similarity"])
+    return PoolClusters(np.load(out / CENTROIDS), table.column("base").to_numpy(),
+                        table.column("similarity").to_numpy())  # fmt: skip
+
+
+def fit_centroids(
+    pool: VectorShards, config: KMeansConfig, out: str, on_items: ItemCounter | None = None
+) -> None:
+    """Train the centroids on a sample of the pool; commit ``centroids.npy``."""
+    centroids = kmeans_centroids(pool.sample(config.sample_size(len(pool)), config.seed), config)
+    with atomic_path(Path(out) / CENTROIDS) as tmp, open(tmp, "wb") as f:
+        np.save(f, centroids)
+
+
+def assign_shard(
+    position: int, pool: VectorShards, spherical: bool, out: str,
+    on_items: ItemCounter | None = None,
+) -> None:  # fmt: skip
+    """Commit the centroid of each vector of one pool shard (query: pool id, base:
+    cluster, similarity: inner product with the centroid)."""
+    vectors = pool.read(position)
+    cluster, similarity = assign(vectors, np.load(Path(out) / CENTROIDS), spherical)
+    ShardedParquet(Path(out) / "assignment", NEIGHBOURS).write(position, pa.table({
+        "query": pool.ids(position), "base": cluster.astype(np.int64),
+        "similarity": similarity.astype(np.float32), "rank": np.zeros(len(cluster), np.int32),
+    }))  # fmt: skip
+    if on_items is not None:
+        on_items(len(vectors), len(vectors))
+
+
 def sample_clusters(
-    clusters: PoolClusters,
-    pool: np.ndarray,
-    seeds: np.ndarray,
-    plan: SeedSetPlan,
-    rng: np.random.Generator,
+    clusters: PoolClusters, seeds: np.ndarray, plan: SeedSetPlan, rng: np.random.Generator
 ) -> tuple[Candidates, int]:
     """Pool images of the clusters with more than ``min_seeds`` seeds, ``per_cluster`` each
     and ``cap`` in all; also returns the count before the cap. Similarity: to the centroid."""
@@ -114,9 +174,8 @@ def sample_clusters(
     before_cap = len(rows)
     if len(rows) > plan.cap:
         rows = np.sort(rng.choice(rows, size=plan.cap, replace=False))
-    cluster = clusters.assignment[rows]
-    similarity = np.einsum("ij,ij->i", pool[rows], clusters.centroids[cluster])
-    return Candidates(rows, [None] * len(rows), similarity, cluster), before_cap
+    return Candidates(rows, [None] * len(rows), clusters.similarity[rows],
+                      clusters.assignment[rows]), before_cap  # fmt: skip
 
 
 def merge_provenance(per_set: dict[str, tuple[str, Candidates]]) -> pa.Table:

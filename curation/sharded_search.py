@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from curation.index import (
     ready_for_search,
     search,
     train_index,
+    training_points,
 )
 from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from curation.vector_shards import VectorShards
@@ -118,9 +120,10 @@ def run_search(
             tasks.append((p, shards, plan, str(out)))
             searches += sum(len(plan.queries.ids(q)) for q in pending)
     runner(ShardTasks(search_part, tasks, f"{desc}: {len(parts)} part(s)", searches, "query",
-                      gpus=gpus, processes=0), progress)  # fmt: skip
+                      gpus=gpus, processes=1), progress)  # fmt: skip
     merges = [(q, len(parts), plan, str(out)) for q in queries]
     runner(ShardTasks(merge_neighbours, merges, f"{desc}: merge", processes=0), progress)
+    shutil.rmtree(out / "parts", ignore_errors=True)  # every query shard is merged
     return neighbours
 
 
@@ -142,15 +145,11 @@ def _factory(plan: SearchPlan, gpus: int) -> str:
 
 
 def fit_index(plan: SearchPlan, out: str, on_items: ItemCounter | None = None) -> None:
-    """Train the plan's index on a sample of the base (``train_per_list`` vectors per IVF
-    list, 256 per PQ centroid without IVF) and commit it as ``trained.faiss``."""
+    """Train the plan's index on a sample of the base (:func:`training_points`) and commit
+    it as ``trained.faiss``."""
     factory = _factory(plan, gpu_count(plan.index.use_gpu))
     index = empty_index(_dim(plan), factory)
-    try:
-        size = plan.index.train_per_list * faiss.extract_index_ivf(index).nlist
-    except RuntimeError:  # not an IVF index
-        size = 256 * 256
-    sample = plan.prepare(plan.base.sample(size))
+    sample = plan.prepare(plan.base.sample(training_points(index, plan.index.train_per_list)))
     log.info("training %s on %d vectors", factory, len(sample))
     train_index(index, sample)
     with atomic_path(Path(out) / TRAINED) as tmp:

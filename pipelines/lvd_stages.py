@@ -135,8 +135,8 @@ def retrieve(b: Build) -> dict[str, Any]:
     embeddings = str(b.pool_embeddings(b.config.model))
     pool = PoolInputs([str(b.safe_manifest)], embeddings, str(b.dir("dedup")))
     config = RetrievalConfig(pool, plans, c.kmeans, c.search, c.rows_per_shard, c.seed)
-    return b.engine.call(write_lvd_manifest, config, str(b.dir("retrieve")), str(b.out),
-                         gpus=1.0)  # fmt: skip
+    return write_lvd_manifest(config, b.dir("retrieve"), b.out, b.engine.runner("retrieve"),
+                              b.progress)  # fmt: skip
 
 
 def report(b: Build) -> dict[str, Any]:

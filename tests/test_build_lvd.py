@@ -27,6 +27,7 @@ import yaml
 from curation.dedup.stage import hash_and_dedup
 from curation.embed import embed_manifests, load_embedder
 from curation.safety.stage import check_pool
+from curation.tasks import ShardTasks
 from manifests.config import ConfigError, load_config
 from manifests.embeddings import EmbeddingStore
 from manifests.errors import ManifestError
@@ -258,7 +259,7 @@ def test_ray_engine_builds_the_same_manifest(web, local_build):
     try:
         results = run_build(root / "ray", config, engine, progress=False)
         with pytest.raises(ManifestError, match="no such manifest"):  # a task's own error
-            engine.call(read_manifest, [str(root / "missing")], LVD)
+            engine.run_tasks(ShardTasks(read_manifest, [([str(root / "missing")], LVD)], "probe"))
     finally:
         engine.close()
     assert all(r.status == "ran" for r in results)

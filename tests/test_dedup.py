@@ -21,7 +21,6 @@ from scipy.sparse.csgraph import connected_components
 
 from builders import jpeg_bytes, path_manifest, skimage_photos
 from curation.dedup.copy_graph import CopyGraphConfig
-from curation.descriptor_space import DescriptorSpace
 from curation.dedup.hashes import PCAHash, hamming_pairs, image_hashes
 from curation.dedup.policy import representatives
 from curation.dedup.stage import (
@@ -34,6 +33,7 @@ from curation.dedup.stage import (
     image_reader,
 )
 from curation.dedup.union_find import UnionFind
+from curation.descriptor_space import DescriptorSpace
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
 from manifests.config import load_config
 from manifests.embeddings import EmbeddingStore

@@ -1,15 +1,14 @@
 """Execution engines for ``pipelines.build_lvd``: where a stage's shard tasks run.
 
 Stage code (``curation/``) is engine-free: it hands a :class:`curation.tasks.ShardRunner`
-its shard tasks. An engine provides that runner (local: this machine's process pool) and
-runs a stage's global step (dedup, retrieval), which needs all of a stage's shards at
-once, where it should run.
+its shard tasks. An engine provides that runner (local: this machine's process pool);
+the small global steps between a stage's task sets (union-find over edge shards, cluster
+sampling) run in the driver, which never holds the pool's descriptors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from curation.tasks import ShardRunner
 from manifests.config import ConfigError
@@ -22,9 +21,6 @@ class Engine(Protocol):
 
     def runner(self, stage: str) -> ShardRunner:
         """The runner for ``stage``'s shard tasks."""
-
-    def call(self, fn: Callable[..., Any], *args: Any, gpus: float = 0.0) -> Any:
-        """``fn(*args)`` where it should run (a step that needs all shards at once)."""
 
     def close(self) -> None: ...
 

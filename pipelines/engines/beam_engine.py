@@ -10,8 +10,6 @@ download a binary); ``--runner`` and any other pipeline options are passed throu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from curation.local_runner import run_locally
 from curation.tasks import ShardRunner, ShardTasks
@@ -54,9 +52,6 @@ class BeamEngine:
                 | "spread" >> beam.Reshuffle()
                 | f"{work.desc} shard" >> beam.MapTuple(work.fn)
             )
-
-    def call(self, fn: Callable[..., Any], *args: Any, gpus: float = 0.0) -> Any:
-        return fn(*args)
 
     def close(self) -> None:
         pass

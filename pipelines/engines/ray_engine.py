@@ -1,9 +1,10 @@
-"""The Ray engine: shard tasks as Ray tasks, global steps as one Ray task, on a running
-cluster (``address="auto"``, as under ``ray submit``) or on a local instance.
+"""The Ray engine: shard tasks as Ray tasks, on a running cluster (``address="auto"``,
+as under ``ray submit``) or on a local instance; the small global steps (union-find,
+cluster sampling) run in the driver.
 
 A task asks for a GPU only where the cluster has GPUs, so the same pipeline runs on a
-laptop's Ray and on the GPU cluster of ``pipelines/cluster/gpu.yaml``: embedding shards
-then land on GPU workers, and dedup and retrieval run where faiss sees a GPU.
+laptop's Ray and on the GPU cluster of ``pipelines/cluster/gpu.yaml``: embedding shards,
+index parts and k-means then land on GPU workers, where faiss sees a GPU.
 """
 
 from __future__ import annotations
@@ -49,9 +50,6 @@ class RayEngine:
                 done, pending = self._ray.wait(pending, num_returns=1)
                 self._get(done)
                 bar.update(len(done))
-
-    def call(self, fn: Callable[..., Any], *args: Any, gpus: float = 0.0) -> Any:
-        return self._get(self._remote(fn, gpus).remote(*args))
 
     def _get(self, refs):
         """Results; a task's error is raised as its own type (a ManifestError stays one,

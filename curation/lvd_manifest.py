@@ -125,14 +125,12 @@ def write_lvd_manifest(
         require_same_model(pool_store, [store])
         if plan.method == "sample":
             seeds, seed_ids = VectorShards.select(plan.embeddings)
-            work_dir = work / f"sample-{plan.name}-k{plan.neighbours}"
             found = sample_nearest(pool, seeds, seed_ids, plan.neighbours, config.search,
-                                   work_dir, runner, progress)  # fmt: skip
+                                   work / f"sample-{plan.name}", runner, progress)  # fmt: skip
             before_cap = len(np.unique(found.pool_rows))
         else:
             seed_ids, seeds = store.read()
-            clusters = clusters or cluster_pool(pool, config.kmeans, work / "kmeans", runner,
-                                                progress)  # fmt: skip
+            clusters = clusters or cluster_pool(pool, config.kmeans, work, runner, progress)
             found, before_cap = sample_clusters(clusters, seeds, plan, rng)
         retrieved[plan.name] = (plan.method, found)
         entry |= {"seed_images": len(seed_ids), "retrieved": before_cap,

@@ -36,7 +36,7 @@ from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from curation.vector_shards import VectorShards
 from manifests.atomic import atomic_path
 from manifests.config import ConfigError
-from manifests.job import claim_directory
+from manifests.job import claim_directory, job_directory
 from manifests.parquet_io import ShardedParquet
 from manifests.schemas import NEIGHBOURS
 
@@ -83,9 +83,11 @@ def sample_nearest(
     pool: VectorShards, seeds: VectorShards, seed_ids: list[str], k: int,
     config: SearchConfig, out: Path, runner: ShardRunner, progress: bool = True,
 ) -> Candidates:  # fmt: skip
-    """The k nearest pool vectors of every seed vector, by a sharded search into ``out``."""
+    """The k nearest pool vectors of every seed vector, by a sharded search into
+    ``out-<settings>``."""
     plan = SearchPlan(pool, seeds, k, config.index(pool.dim))
-    neighbours = run_search(plan, out, runner, progress, f"retrieve {out.name}")
+    where = job_directory(out.parent, out.name, plan.describe())
+    neighbours = run_search(plan, where, runner, progress, f"retrieve {out.name}")
     found = neighbours.read(["query", "base", "similarity"])
     seed_of = found.column("query").to_numpy()
     return Candidates(found.column("base").to_numpy(), [seed_ids[i] for i in seed_of],
@@ -109,12 +111,12 @@ def cluster_pool(
     pool: VectorShards, config: KMeansConfig, out: str | Path, runner: ShardRunner,
     progress: bool = True,
 ) -> PoolClusters:  # fmt: skip
-    """k-means of the pool as shard tasks: centroids trained on a sample (one task,
-    ``out/centroids.npy``), then every pool shard assigned (one task each,
-    ``out/assignment/NNNNN.parquet``); both resume."""
-    out = Path(out)
-    assignments = ShardedParquet(out / "assignment", NEIGHBOURS)
+    """k-means of the pool as shard tasks, in ``out/kmeans-<settings>``: centroids trained
+    on a sample (one task, ``centroids.npy``), then every pool shard assigned (one task
+    each, ``assignment/NNNNN.parquet``); both resume."""
     job = {"pool": [pool.root, len(pool)], "kmeans": asdict(config) | {"use_gpu": None}}
+    out = job_directory(out, "kmeans", job)
+    assignments = ShardedParquet(out / "assignment", NEIGHBOURS)
     claim_directory(out, "kmeans.json", job, (out / CENTROIDS).exists())
     gpus = 1.0 if config.use_gpu else 0.0
     if not (out / CENTROIDS).exists():

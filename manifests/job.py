@@ -4,8 +4,10 @@ crawl, the shard stages, embedding, training) claims its directory here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,20 @@ def _changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]
         return [change for key in sorted(set(old) | set(new))
                 for change in _changes(old.get(key), new.get(key), f"{prefix}{key}.")]  # fmt: skip
     return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def job_directory(root: str | os.PathLike, name: str, job: dict[str, Any]) -> Path:
+    """``root/name-<digest of job>``: where a stage keeps the intermediate results of one
+    job (a search, a clustering), so that a rerun with the same settings resumes them and
+    one with other settings starts afresh beside them; the other jobs' ``name-*``
+    directories are removed, as their results answer settings no longer asked for."""
+    text = json.dumps(job, sort_keys=True, default=str)
+    path = Path(root) / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    if Path(root).is_dir():
+        for other in Path(root).glob(f"{name}-*"):
+            if other != path and other.is_dir():
+                shutil.rmtree(other)
+    return path
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -37,7 +37,7 @@ from manifests.config import bounded
 from manifests.embeddings import EmbeddingStore, require_same_model
 from manifests.errors import ManifestError
 from manifests.image_rows import ImageBytesReader, ImageRow, read_image_rows, require_image_rows
-from manifests.job import claim_directory, relative_paths
+from manifests.job import claim_directory, job_directory, relative_paths
 from manifests.parquet_io import ShardedParquet, pending_shards
 from manifests.schemas import DEDUP, HASHES
 
@@ -234,15 +234,16 @@ class CopyJudge:
 
 @dataclass(frozen=True)
 class SearchRun:
-    """Where the dedup's sharded searches write (``workdir/knn``, ``workdir/relative/I``)
-    and the runner of their tasks."""
+    """Where the dedup's sharded searches write (``workdir/knn-*``, ``workdir/relativeI-*``,
+    one directory per search's settings) and the runner of their tasks."""
 
     workdir: Path
     runner: ShardRunner = run_locally
     progress: bool = True
 
     def __call__(self, plan: SearchPlan, name: str) -> ShardedParquet:
-        return run_search(plan, self.workdir / name, self.runner, self.progress, f"dedup {name}")
+        out = job_directory(self.workdir, name, plan.describe())
+        return run_search(plan, out, self.runner, self.progress, f"dedup {name}")
 
 
 def unique_vectors(
@@ -337,7 +338,7 @@ def deduplicate(
         for i, store in enumerate(evaluation):
             near = SearchPlan(VectorShards.select(str(store.root))[0], vectors, 1,
                               copy.index, copy.relative_threshold, space=space)  # fmt: skip
-            for _, table in searches(near, f"relative/{i}").iter_shards(["query"]):
+            for _, table in searches(near, f"relative{i}").iter_shards(["query"]):
                 tainted[vector_rows[table.column("query").to_numpy()]] = True
         timings["relative_s"] = time.perf_counter() - started
     elif len(unsure[0]):

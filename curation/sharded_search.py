@@ -119,8 +119,9 @@ def run_search(
         if pending:
             tasks.append((p, shards, plan, str(out)))
             searches += sum(len(plan.queries.ids(q)) for q in pending)
-    runner(ShardTasks(search_part, tasks, f"{desc}: {len(parts)} part(s)", searches, "query",
-                      gpus=gpus, processes=1), progress)  # fmt: skip
+    log.info("%s: %d index part(s), %d query shard(s) to search", desc, len(parts), len(queries))
+    runner(ShardTasks(search_part, tasks, f"{desc}: search", searches, "query", gpus=gpus,
+                      processes=1), progress)  # fmt: skip
     merges = [(q, len(parts), plan, str(out)) for q in queries]
     runner(ShardTasks(merge_neighbours, merges, f"{desc}: merge", processes=0), progress)
     shutil.rmtree(out / "parts", ignore_errors=True)  # every query shard is merged

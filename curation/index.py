@@ -163,7 +163,7 @@ def ready_for_search(
     """``index`` with its search settings, on all GPUs faiss sees where faiss can put it
     (not a refined index; a quantizer other than flat stays on the CPU). Add vectors
     after this: adding on a GPU is the fast way."""
-    if _is_ivf(index):
+    if is_ivf(index):
         faiss.extract_index_ivf(index).nprobe = nprobe
     if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
         faiss.downcast_index(index).k_factor = refine_factor
@@ -172,7 +172,7 @@ def ready_for_search(
     return index
 
 
-def _is_ivf(index: faiss.Index) -> bool:
+def is_ivf(index: faiss.Index) -> bool:
     try:
         faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -180,13 +180,16 @@ def _is_ivf(index: faiss.Index) -> bool:
     return True
 
 
+def quantizer_is_flat(index: faiss.Index) -> bool:
+    """Whether an IVF index's coarse quantizer is exhaustive (not HNSW)."""
+    return isinstance(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer),
+                      faiss.IndexFlat)  # fmt: skip
+
+
 def _gpu_clonable(index: faiss.Index) -> bool:
     if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
         return False  # faiss has no GPU refine wrapper
-    if _is_ivf(index):
-        return isinstance(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer),
-                          faiss.IndexFlat)  # fmt: skip
-    return True
+    return not is_ivf(index) or quantizer_is_flat(index)
 
 
 def build_search_index(base: np.ndarray, config: SearchConfig) -> faiss.Index:
@@ -209,13 +212,23 @@ def build_search_index(base: np.ndarray, config: SearchConfig) -> faiss.Index:
 
 
 def search(
-    index: faiss.Index, queries: np.ndarray, k: int, batch: int = 16_384
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    batch: int = 16_384,
+    lists: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, base rows), each (n_queries, k); rows are -1 where fewer exist."""
+    """(similarities, base rows), each (n_queries, k); rows are -1 where fewer exist.
+    ``lists``: the queries' IVF lists and their similarities, assigned beforehand."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     sims, rows = [], []
     for start in range(0, len(q), batch):
-        s, r = index.search(q[start : start + batch], k)
+        part = slice(start, start + batch)
+        if lists is None:
+            s, r = index.search(q[part], k)
+        else:
+            ivf = faiss.extract_index_ivf(index)
+            s, r = ivf.search_preassigned(q[part], k, lists[0][part], lists[1][part])
         sims.append(s)
         rows.append(r)
     if not sims:

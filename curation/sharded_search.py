@@ -21,6 +21,7 @@ and shared by every part, so its parts split one index's lists.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -36,6 +37,8 @@ from curation.index import (
     IndexSettings,
     empty_index,
     gpu_count,
+    is_ivf,
+    quantizer_is_flat,
     ready_for_search,
     search,
     train_index,
@@ -43,7 +46,7 @@ from curation.index import (
 )
 from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from curation.vector_shards import VectorShards
-from manifests.atomic import atomic_path
+from manifests.atomic import atomic_path, write_bytes_atomic
 from manifests.job import claim_directory
 from manifests.parquet_io import ShardedParquet, shard_stem
 from manifests.schemas import NEIGHBOURS
@@ -51,6 +54,8 @@ from manifests.schemas import NEIGHBOURS
 log = logging.getLogger(__name__)
 
 TRAINED = "trained.faiss"
+TRAINED_INFO = "trained.json"  # its factory, and whether queries are preassigned to lists
+COARSE = "coarse"  # each query shard's IVF lists
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,9 @@ def run_search(
         runner(ShardTasks(fit_index, [(plan, str(out))], f"{desc}: fit", gpus=gpus), progress)
     merged = set(neighbours.complete())
     queries = [q for q in range(len(plan.queries.shards)) if q not in merged]
+    if _preassigned(out):
+        todo = [(q, plan, str(out)) for q in queries if not _coarse_path(out, q).exists()]
+        runner(ShardTasks(assign_queries, todo, f"{desc}: coarse", processes=0), progress)
     parts = plan.parts()
     tasks, searches = [], 0
     for p, shards in enumerate(parts):
@@ -124,7 +132,8 @@ def run_search(
                       processes=1), progress)  # fmt: skip
     merges = [(q, len(parts), plan, str(out)) for q in queries]
     runner(ShardTasks(merge_neighbours, merges, f"{desc}: merge", processes=0), progress)
-    shutil.rmtree(out / "parts", ignore_errors=True)  # every query shard is merged
+    for done in ("parts", COARSE):  # every query shard is merged
+        shutil.rmtree(out / done, ignore_errors=True)
     return neighbours
 
 
@@ -153,8 +162,34 @@ def fit_index(plan: SearchPlan, out: str, on_items: ItemCounter | None = None) -
     sample = plan.prepare(plan.base.sample(training_points(index, plan.index.train_per_list)))
     log.info("training %s on %d vectors", factory, len(sample))
     train_index(index, sample)
+    # a quantizer other than flat (HNSW, on CPUs) assigns each query once, for all parts
+    preassign = is_ivf(index) and not quantizer_is_flat(index)
+    write_bytes_atomic(
+        Path(out) / TRAINED_INFO, json.dumps({"factory": factory, "preassign": preassign}).encode()
+    )
     with atomic_path(Path(out) / TRAINED) as tmp:
         faiss.write_index(index, str(tmp))
+
+
+def _preassigned(out: Path) -> bool:
+    info = out / TRAINED_INFO
+    return info.exists() and json.loads(info.read_text())["preassign"]
+
+
+def _coarse_path(out: str | Path, q: int) -> Path:
+    return Path(out) / COARSE / f"{shard_stem(q)}.npz"
+
+
+def assign_queries(q: int, plan: SearchPlan, out: str, on_items: ItemCounter | None = None) -> None:
+    """Commit the ``nprobe`` nearest IVF lists of query shard ``q``'s vectors (and their
+    similarities), which every part's search of that shard then uses."""
+    index = faiss.read_index(str(Path(out) / TRAINED))  # held: the IVF view below is its own
+    x = plan.prepare(plan.queries.read(q))
+    similarity, lists = faiss.extract_index_ivf(index).quantizer.search(x, plan.index.nprobe)
+    path = _coarse_path(out, q)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, lists=lists, similarity=similarity)
 
 
 def _dim(plan: SearchPlan) -> int:
@@ -176,12 +211,15 @@ def search_part(
     store.remove_partial()
     index, base_ids = _part_index(plan, out, positions)
     k = min(plan.k, len(base_ids))
+    preassigned = _preassigned(Path(out))
     for q in todo:
         x = plan.prepare(plan.queries.read(q))
         if k == 0 or len(x) == 0:
             sims, local = np.zeros((len(x), 0), np.float32), np.zeros((len(x), 0), np.int64)
         else:
-            sims, local = search(index, x, k, plan.index.batch)
+            coarse = np.load(_coarse_path(out, q)) if preassigned else None
+            lists = None if coarse is None else (coarse["lists"], coarse["similarity"])
+            sims, local = search(index, x, k, plan.index.batch, lists)
         store.write(q, _top_table(plan.queries.ids(q), sims, local, base_ids, plan.threshold))
         if on_items is not None:
             on_items(len(x), len(x))

@@ -138,8 +138,13 @@ def test_ivf_search_finds_the_copies_and_union_find_their_groups(tmp_path):
     pool, _ = VectorShards.select(str(tmp_path / "emb"))
     settings = IndexSettings(exact_max=0, list_size=100, nprobe=8, part_vectors=2500)
     plan = SearchPlan(pool, pool, 5, settings, threshold=0.9, exclude_self=True)
-    neighbours = run_search(plan, tmp_path / "s", run_locally, progress=False)
+    runner = CountingRunner()
+    neighbours = run_search(plan, tmp_path / "s", runner, progress=False)
     assert (tmp_path / "s" / "trained.faiss").exists() and len(plan.parts()) == 3
+    # an HNSW quantizer (CPU) assigns each query shard's lists once, for the three parts
+    assert runner.tasks == {"fit_index": 1, "assign_queries": 6, "search_part": 3,
+                            "merge_neighbours": 6}  # fmt: skip
+    assert not (tmp_path / "s" / "coarse").exists()
     uf = UnionFind(len(pool))
     for _, table in neighbours.iter_shards():
         uf.union(table.column("query").to_numpy(), table.column("base").to_numpy())

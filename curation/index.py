@@ -160,15 +160,17 @@ def train_index(index: faiss.Index, sample: np.ndarray) -> None:
 def ready_for_search(
     index: faiss.Index, nprobe: int, refine_factor: int, use_gpu: bool
 ) -> faiss.Index:
-    """``index`` with its search settings, on all GPUs faiss sees where faiss can put it
-    (not a refined index; a quantizer other than flat stays on the CPU). Add vectors
-    after this: adding on a GPU is the fast way."""
+    """``index`` with its search settings, sharded over all GPUs faiss sees where faiss
+    can put it (not a refined index, not an HNSW quantizer). Add vectors after this:
+    adding on the GPUs is the fast way, and each holds its share."""
     if is_ivf(index):
         faiss.extract_index_ivf(index).nprobe = nprobe
     if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
         faiss.downcast_index(index).k_factor = refine_factor
     if _gpu_clonable(index) and gpu_count(use_gpu):
-        return faiss.index_cpu_to_all_gpus(index)
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True  # each GPU holds a slice of the vectors added next
+        return faiss.index_cpu_to_all_gpus(index, co=options)
     return index
 
 
@@ -178,6 +180,11 @@ def is_ivf(index: faiss.Index) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def is_plain_ivf(index: faiss.Index) -> bool:
+    """An IVF index itself, not one wrapped (refined, sharded, ...)."""
+    return isinstance(faiss.downcast_index(index), faiss.IndexIVF)
 
 
 def quantizer_is_flat(index: faiss.Index) -> bool:
@@ -219,16 +226,17 @@ def search(
     lists: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, base rows), each (n_queries, k); rows are -1 where fewer exist.
-    ``lists``: the queries' IVF lists and their similarities, assigned beforehand."""
+    ``lists``: the queries' IVF lists and their similarities, assigned beforehand (for an
+    IVF index that is not wrapped, e.g. by a refinement)."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     sims, rows = [], []
     for start in range(0, len(q), batch):
         part = slice(start, start + batch)
         if lists is None:
             s, r = index.search(q[part], k)
-        else:
-            ivf = faiss.extract_index_ivf(index)
-            s, r = ivf.search_preassigned(q[part], k, lists[0][part], lists[1][part])
+        else:  # mode 3 spreads the queries over threads (mode 0 leaves that to search())
+            index.parallel_mode = 3
+            s, r = index.search_preassigned(q[part], k, lists[0][part], lists[1][part])
         sims.append(s)
         rows.append(r)
     if not sims:

@@ -37,7 +37,7 @@ from curation.index import (
     IndexSettings,
     empty_index,
     gpu_count,
-    is_ivf,
+    is_plain_ivf,
     quantizer_is_flat,
     ready_for_search,
     search,
@@ -163,7 +163,7 @@ def fit_index(plan: SearchPlan, out: str, on_items: ItemCounter | None = None) -
     log.info("training %s on %d vectors", factory, len(sample))
     train_index(index, sample)
     # a quantizer other than flat (HNSW, on CPUs) assigns each query once, for all parts
-    preassign = is_ivf(index) and not quantizer_is_flat(index)
+    preassign = is_plain_ivf(index) and not quantizer_is_flat(index)
     write_bytes_atomic(
         Path(out) / TRAINED_INFO, json.dumps({"factory": factory, "preassign": preassign}).encode()
     )

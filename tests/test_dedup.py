@@ -92,8 +92,10 @@ SMALL_POOL = CopyGraphConfig(normalize="center", threshold=0.6, relative_thresho
                              verify=False)  # fmt: skip
 
 
-def test_groups_components_and_kept_images_match_the_ground_truth(pool, tmp_path):
-    config = DedupConfig(rows_per_shard=10, num_workers=0, copy=SMALL_POOL)
+@pytest.mark.parametrize("part_vectors", [2_000_000, 1])  # one index, or one per shard
+def test_groups_components_and_kept_images_match_the_ground_truth(pool, tmp_path, part_vectors):
+    copy = replace(SMALL_POOL, part_vectors=part_vectors)
+    config = DedupConfig(rows_per_shard=10, num_workers=0, copy=copy)
     stats = hash_and_dedup([pool["manifest"]], tmp_path, pool["emb"], [pool["eval_emb"]], config,
                       progress=False)  # fmt: skip
     table = pq.read_table(tmp_path / "dedup")

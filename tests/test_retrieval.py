@@ -36,10 +36,12 @@ def clustered(n_clusters: int, per: int, dim: int, spread: float, seed: int = 0)
     return _unit(centres[labels] + spread * rng.standard_normal((len(labels), dim))), labels
 
 
-def _embeddings(root, ids, vectors, model="synthetic") -> str:
+def _embeddings(root, ids, vectors, model="synthetic", shard=64) -> str:
     store = EmbeddingStore(root)
     store.claim({"model": model, "dim": vectors.shape[1]})
-    store.write(0, list(ids), np.ones(len(ids), bool), vectors)
+    for index, start in enumerate(range(0, len(ids), shard)):
+        part = slice(start, start + shard)
+        store.write(index, list(ids[part]), np.ones(len(ids[part]), bool), vectors[part])
     return str(root)
 
 
@@ -84,7 +86,10 @@ def test_kmeans_recovers_separated_clusters_and_ivfpq_agrees_with_exact_search()
     assert recall >= 0.95
 
 
-def test_three_strategies_dedup_filter_merged_provenance_and_a_trainable_manifest(world):
+@pytest.mark.parametrize("part_vectors", [2_000_000, 100])  # one index, or four parts
+def test_three_strategies_dedup_filter_merged_provenance_and_a_trainable_manifest(
+    world, part_vectors
+):
     vectors, labels, ids = world["vectors"], world["labels"], world["ids"]
     rng = np.random.default_rng(5)
     near = _unit(vectors[[3, 110, 111]] + 0.01 * rng.standard_normal((3, DIM)))  # 110: cluster 2
@@ -102,6 +107,7 @@ def test_three_strategies_dedup_filter_merged_provenance_and_a_trainable_manifes
             SeedSetPlan(name="whole", method="as_is", manifest=[str(whole)]),
         ],
         kmeans=KMeansConfig(k=CLUSTERS, niter=25, nredo=10),
+        search=SearchConfig(part_vectors=part_vectors),
     )  # fmt: skip
     stats = write_lvd_manifest(config, world["root"] / "out")
     table = read_manifest([world["root"] / "out" / "lvd"], LVD)

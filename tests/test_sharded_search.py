@@ -1,6 +1,6 @@
-"""The sharded kNN search (curation.sharded_search) against exact search in one array:
-equal results whatever the shards and parts, resume without redoing finished work, IVF
-edge recall, and the union-find components of its graph."""
+"""The sharded kNN search (curation.sharded_search) and pool clustering against their
+in-memory counterparts: equal results whatever the shards and parts, resume without
+redoing finished work, IVF edge recall, and the union-find components of its graph."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 
 from curation.dedup.union_find import UnionFind
 from curation.descriptor_space import DescriptorSpace
-from curation.index import IndexSettings
+from curation.index import IndexSettings, KMeansConfig, kmeans
 from curation.local_runner import run_locally
+from curation.retrieval import cluster_pool
 from curation.sharded_search import SearchPlan, run_search, search_part
 from curation.tasks import ShardTasks
 from curation.vector_shards import VectorShards
@@ -184,3 +185,25 @@ def test_other_settings_refuse_to_resume_in_the_same_directory(tmp_path):
     with pytest.raises(ResumeMismatchError, match="k: 4 -> 5"):
         run_search(SearchPlan(pool, pool, 5, IndexSettings(), exclude_self=True), tmp_path / "s",
                    run_locally, progress=False)  # fmt: skip
+
+
+def test_pool_clustering_equals_kmeans_in_memory_and_resumes_shard_by_shard(tmp_path):
+    x, _ = planted_pool(600)
+    write_store(tmp_path / "emb", x, shard=100)
+    pool, _ = VectorShards.select(str(tmp_path / "emb"))
+    config = KMeansConfig(k=10, niter=5, use_gpu=False)  # 600 <= 10 x 256: trained on all
+    first = CountingRunner()
+    clusters = cluster_pool(pool, config, tmp_path / "w", first, progress=False)
+    assert first.tasks == {"fit_centroids": 1, "assign_shard": 6}
+    centroids, assignment = kmeans(x, config)
+    assert np.allclose(clusters.centroids, centroids, atol=1e-6)
+    assert np.array_equal(clusters.assignment, assignment)
+    assert np.allclose(clusters.similarity, np.einsum("ij,ij->i", x, centroids[assignment]),
+                       atol=1e-5)  # fmt: skip
+
+    (work,) = (tmp_path / "w").glob("kmeans-*")
+    (work / "assignment" / "00003.parquet").unlink()  # killed before this shard's commit
+    again = CountingRunner()
+    resumed = cluster_pool(pool, config, tmp_path / "w", again, progress=False)
+    assert again.tasks == {"assign_shard": 1}
+    assert np.array_equal(resumed.assignment, clusters.assignment)

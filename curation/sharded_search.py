@@ -3,15 +3,22 @@ tasks whose memory is bounded by a shard and an index part, never by the pool.
 
 1. fit (one task, only for an index that needs training): an empty index of the
    plan's factory, trained on a sample of the base (IVF coarse centroids, PQ codebooks),
-   written as ``trained.faiss``.
-2. search (one task per index part, a run of base shards holding at most
+   written as ``trained.faiss``. An IVF index has lists of a constant size, so the scan
+   per query stays constant as the base grows (:class:`curation.index.IndexSettings`).
+2. coarse (one task per query shard, only for an HNSW coarse quantizer, the CPU one):
+   each query's ``nprobe`` lists, ``coarse/QQQQQ.npz``, which every part then searches
+   (preassigned), so more parts cost no more quantizer work.
+3. search (one task per index part, a run of base shards holding at most
    ``part_vectors``): the part's shards are added to a copy of the trained index (a flat
    one for exact search), and every query shard is searched against it, its top k above
    the threshold committed as ``parts/PPPPP/QQQQQ.parquet``.
-3. merge (one task per query shard): the parts' lists merged into the top k of the whole
+4. merge (one task per query shard): the parts' lists merged into the top k of the whole
    base (without the query itself when queries are the base), ranked, committed as
    ``neighbours/QQQQQ.parquet`` (schema ``neighbours/1``); the parts' files of that
    shard are then removed.
+
+A search task reads every query shard once, so its reads grow with parts x queries:
+``part_vectors`` should be as large as a task's memory (a GPU's) allows.
 
 Every file is committed atomically and a rerun does only what is missing, so a killed
 search resumes where it stopped. The top k of the parts' top k lists is the top k of the

@@ -1,5 +1,5 @@
 """Copy-detection quality of the dedup, through ``build_lvd`` and through the standalone
-commands, and the speed and recall of its kNN graph. Prints JSON.
+commands. Prints JSON.
 
 Held-out pools (no setting was tuned on a seed's pool before it was scored): real images
 shipped by Debian packages (opencv-doc examples, mate-backgrounds, tuxpaint-stamps-default;

@@ -105,16 +105,14 @@ def raw_pixel_knn(train, train_labels, test, test_labels) -> float:
                         torch.tensor(test_labels, dtype=torch.long), ks=(20,))[20]  # fmt: skip
 
 
-def calibrated_iterations(
-    config: TrainConfig, manifest: Path, workdir: Path, budget_s: float
-) -> int:
+def calibrated_iterations(recipe: list[str], manifest: Path, workdir: Path, budget_s: float) -> int:
     """Iterations that fit the budget, from the steady speed of a short run of the same
     recipe: the rate between its 12th and 36th iteration, so that start-up (DataLoader
     workers, first batches) does not count; counting it cut the 15-minute run to 10."""
     probe = load_config(
         TrainConfig,
         None,
-        RECIPE
+        recipe
         + [
             "epochs=1",
             "iters_per_epoch=36",
@@ -127,7 +125,7 @@ def calibrated_iterations(
     train(probe, [str(manifest)], workdir / "probe", progress=False)
     lines = [json.loads(x) for x in (workdir / "probe" / "metrics.jsonl").read_text().splitlines()]
     first, last = lines[0], lines[-1]
-    elapsed = lambda m: m["iteration"] * config.data.batch_size / m["images_per_s"]  # noqa: E731
+    elapsed = lambda m: m["iteration"] * probe.data.batch_size / m["images_per_s"]  # noqa: E731
     seconds_per_iter = (elapsed(last) - elapsed(first)) / (last["iteration"] - first["iteration"])
     return max(10, int(budget_s / seconds_per_iter))
 
@@ -174,6 +172,13 @@ def main() -> None:
     p.add_argument("--knn-every", type=float, help="minutes between k-NN measurements")
     p.add_argument("--peer", choices=["lightly"], help="also train this library's DINO")
     p.add_argument("--peer-python", type=Path, help="the python of the peer's environment")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a trainer setting over the recipe's (repeatable)",
+    )
     args = p.parse_args()
     if args.peer and not args.peer_python:
         p.error("--peer needs --peer-python (an environment with lightly and torchvision)")
@@ -187,8 +192,9 @@ def main() -> None:
     test_manifest = write_manifest(test_images, test_labels, args.workdir / "test")
     raw = raw_pixel_knn(train_images, train_labels, test_images, test_labels)
 
-    config = load_config(TrainConfig, None, RECIPE)
-    iterations = calibrated_iterations(config, train_manifest, args.workdir, args.minutes * 60)
+    recipe = RECIPE + args.set
+    config = load_config(TrainConfig, None, recipe)
+    iterations = calibrated_iterations(recipe, train_manifest, args.workdir, args.minutes * 60)
     config.epochs, config.iters_per_epoch = 10, max(1, iterations // 10)
     config.optim.warmup_epochs, config.teacher.warmup_temp_epochs = 1, 3
     every = args.knn_every or args.minutes

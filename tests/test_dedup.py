@@ -210,6 +210,7 @@ def test_streamed_union_find_equals_an_in_memory_reference():
     for start in range(0, m, 333):  # edges arrive shard by shard
         uf.union(a[start : start + 333], b[start : start + 333])
     labels = uf.labels()
+    assert np.array_equal(uf.labels(chunk=7), labels)  # found a few nodes at a time
     graph = coo_matrix((np.ones(m), (a, b)), shape=(n, n))
     count, reference = connected_components(graph, directed=False)
     assert len(np.unique(labels)) == count

@@ -1,6 +1,7 @@
 """A disjoint-set forest over row indices that takes edges in chunks (numpy-vectorized).
 
-Edges can stream in shard by shard: memory is one int64 per node plus the current chunk.
+Edges can stream in shard by shard: memory is one int64 per node plus the current chunk
+(and one more per node for :meth:`UnionFind.labels`).
 Every component's root is its smallest index, so labels are deterministic whatever the
 order in which edges arrive.
 """
@@ -42,9 +43,14 @@ class UnionFind:
             a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]
             np.minimum.at(self.parent, np.maximum(ra, rb), np.minimum(ra, rb))
 
-    def labels(self) -> np.ndarray:
-        """Component label of every node: the smallest index in its component."""
-        return self.find(np.arange(len(self.parent)))
+    def labels(self, chunk: int = 1 << 20) -> np.ndarray:
+        """Component label of every node: the smallest index in its component. Found
+        ``chunk`` nodes at a time, so the peak is the parents and the labels (16 bytes per
+        node), not the temporaries of one pass over all nodes."""
+        out = np.empty(len(self.parent), np.int64)
+        for start in range(0, len(out), chunk):
+            out[start : start + chunk] = self.find(np.arange(start, min(start + chunk, len(out))))
+        return out
 
 
 def components_of_equal_values(values: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

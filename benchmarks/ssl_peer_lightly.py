@@ -35,7 +35,7 @@ from training.models.config import BackboneConfig, build_backbone
 
 # the same network and crops as ssl_fashion_mnist.py's RECIPE
 BACKBONE = BackboneConfig(arch="vit_tiny", depth=6, patch_size=7, img_size=28,
-                          drop_path_rate=0.1)  # fmt: skip
+                          drop_path_rate=0.1, layerscale=0)  # fmt: skip
 HEAD = {"hidden_dim": 512, "bottleneck_dim": 128, "output_dim": 1024}
 BATCH, WORKERS = 64, 2
 

@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -229,7 +230,7 @@ def main() -> None:
         result["curve"] = curve
     result["compute"] = compute_profile(config, train_manifest)
     if args.peer:
-        peer = run_peer(args.peer_python, train_images, args.minutes, args.workdir)
+        peer = run_peer(args.peer_python, train_images, config, args.minutes, args.workdir)
         peer["knn_top1_k20"] = round(knn_top1(Path(peer.pop("run")), manifests), 2)
         result["peer"] = peer
         result["knn_points_over_peer"] = round(ssl - peer["knn_top1_k20"], 2)
@@ -246,13 +247,17 @@ def knn_top1(run: Path, manifests: tuple[Path, Path]) -> float:
     return knn_accuracy(*feats[0], *feats[1], ks=(20,))[20]
 
 
-def run_peer(python: Path, images: np.ndarray, minutes: float, workdir: Path) -> dict:
-    """Train lightly's DINO in its own environment; its run directory and figures."""
+def run_peer(
+    python: Path, images: np.ndarray, config: TrainConfig, minutes: float, workdir: Path
+) -> dict:
+    """Train lightly's DINO on our backbone in its own environment; its run directory and
+    figures."""
     arrays = workdir / "peer-train.npz"
     np.savez(arrays, train_images=images)
     out = workdir / f"peer-{int(time.time())}"
     repo = Path(__file__).resolve().parent.parent
     cmd = [str(python), str(repo / "benchmarks" / "ssl_peer_lightly.py"), "--data", str(arrays),
+           "--backbone", json.dumps(asdict(config.model.backbone)),
            "--minutes", str(minutes), "--out", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(repo)})
     version = subprocess.run([str(python), "-c", "import lightly; print(lightly.__version__)"],

@@ -7,16 +7,18 @@ import beside the CPU torch this project pins): ``ssl_fashion_mnist.py --peer li
 the teacher it saves with the same k-NN protocol as ours. It writes a run directory
 (``config.json`` + ``teacher_backbone.pth``, as our trainer does) and ``peer.json``.
 
-    python benchmarks/ssl_peer_lightly.py --data ARRAYS.npz --minutes 15 --out DIR
+    python benchmarks/ssl_peer_lightly.py --data ARRAYS.npz --backbone JSON --minutes 15 --out DIR
+
+``--backbone`` is the recipe's ``model.backbone`` as JSON, so the network is ours exactly
+(``ssl_fashion_mnist.py`` passes its own, overrides included).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from training.models.config import BackboneConfig, build_backbone
 
-# the same network and crops as ssl_fashion_mnist.py's RECIPE
-BACKBONE = BackboneConfig(arch="vit_tiny", depth=6, patch_size=7, img_size=28,
-                          drop_path_rate=0.1, layerscale=0)  # fmt: skip
+# the same head, crops and batch as ssl_fashion_mnist.py's RECIPE
 HEAD = {"hidden_dim": 512, "bottleneck_dim": 128, "output_dim": 1024}
 BATCH, WORKERS = 64, 2
 
@@ -54,16 +54,15 @@ class _Images(Dataset):
 class DINO(nn.Module):
     """lightly's DINO example, around our backbone."""
 
-    def __init__(self) -> None:
+    def __init__(self, backbone: BackboneConfig) -> None:
         super().__init__()
-        self.student_backbone = build_backbone(BACKBONE)
-        self.student_head = DINOProjectionHead(192, HEAD["hidden_dim"], HEAD["bottleneck_dim"],
+        self.student_backbone = build_backbone(backbone)
+        dim = self.student_backbone.embed_dim
+        self.student_head = DINOProjectionHead(dim, HEAD["hidden_dim"], HEAD["bottleneck_dim"],
                                                HEAD["output_dim"], freeze_last_layer=1)  # fmt: skip
-        teacher = copy.deepcopy(BACKBONE)
-        teacher.drop_path_rate = 0.0
-        self.teacher_backbone = build_backbone(teacher)
+        self.teacher_backbone = build_backbone(replace(backbone, drop_path_rate=0.0))
         self.teacher_backbone.load_state_dict(self.student_backbone.state_dict())
-        self.teacher_head = DINOProjectionHead(192, HEAD["hidden_dim"], HEAD["bottleneck_dim"],
+        self.teacher_head = DINOProjectionHead(dim, HEAD["hidden_dim"], HEAD["bottleneck_dim"],
                                                HEAD["output_dim"])  # fmt: skip
         self.teacher_head.load_state_dict(self.student_head.state_dict())
         deactivate_requires_grad(self.teacher_backbone)
@@ -93,6 +92,8 @@ def train_step(model: DINO, criterion: DINOLoss, optimizer, views, momentum: flo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="npz with train_images")
+    p.add_argument("--backbone", type=json.loads, required=True,
+                   help="the recipe's model.backbone, as JSON")  # fmt: skip
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -103,7 +104,8 @@ def main() -> None:
     loader = DataLoader(_Images(images, transform), batch_size=BATCH, shuffle=True,
                         num_workers=WORKERS, drop_last=True, persistent_workers=True)  # fmt: skip
     torch.manual_seed(0)
-    model = DINO()
+    backbone = BackboneConfig(**args.backbone)
+    model = DINO(backbone)
     criterion = DINOLoss(output_dim=HEAD["output_dim"], warmup_teacher_temp_epochs=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)  # lightly's example
     budget, steps, seen, gflop_per_step = args.minutes * 60, 0, 0, float("nan")
@@ -124,7 +126,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(model.teacher_backbone.state_dict(), args.out / "teacher_backbone.pth")
-    config = {"model": {"backbone": asdict(BACKBONE)}}
+    config = {"model": {"backbone": asdict(backbone)}}
     (args.out / "config.json").write_text(json.dumps(config))
     result = {"steps": steps, "trained_s": round(elapsed, 1),
               "images_per_s": round(seen / elapsed, 2), "epochs": round(seen / len(images), 3),

@@ -54,7 +54,8 @@ class MultiCropCollate:
         if "seed" not in samples[0]:
             return self.photometric(g1, g2, local)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(samples[0]["seed"] + 1)  # not the first sample's crop stream
+            # not the first sample's crop stream; the CPU generator alone, as in the dataset
+            torch.default_generator.manual_seed(samples[0]["seed"] + 1)
             return self.photometric(g1, g2, local)
 
     def __call__(self, samples: list[dict[str, Tensor] | None]) -> dict[str, Any]:

@@ -51,8 +51,8 @@ class ManifestImageDataset(Dataset):
             return None
         if self.transform is None:
             return tensor
-        if seed is not None:
-            torch.manual_seed(seed)
+        if seed is not None:  # the CPU generator only: torch.manual_seed would also queue
+            torch.default_generator.manual_seed(seed)  # a CUDA seeding with a stack trace
         sample = self.transform(tensor)
         if seed is not None and isinstance(sample, dict):
             sample["seed"] = seed

@@ -82,7 +82,9 @@ def drop_add_residual(x: Tensor, layout: Layout, branch: Branch, rate: float) ->
         torch.randperm(n, device=x.device)[: max(int(n * (1 - rate)), 1)] for n, _ in layout.shapes
     ]
     rows, kept_layout = layout.sample_rows(keep)
-    residual = branch(x[rows], kept_layout)
+    # index_select, not x[rows]: its gradient is an index_add, the indexing's an
+    # accumulating index_put (a sort; 5% of a CPU step)
+    residual = branch(x.index_select(0, rows), kept_layout)
     scale = torch.cat(
         [
             torch.full((len(idx) * length,), n / len(idx), device=x.device, dtype=x.dtype)

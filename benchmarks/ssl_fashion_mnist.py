@@ -247,6 +247,21 @@ def knn_top1(run: Path, manifests: tuple[Path, Path]) -> float:
     return knn_accuracy(*feats[0], *feats[1], ks=(20,))[20]
 
 
+def peer_recipe(config: TrainConfig) -> dict:
+    """What the peer shares with our run, in the peer's terms (lightly's DINOTransform and
+    DINOProjectionHead arguments)."""
+    m, c = config.model, config.crops
+    return {
+        "backbone": asdict(m.backbone),
+        "head": {"hidden_dim": m.head_hidden, "bottleneck_dim": m.head_bottleneck,
+                 "output_dim": m.head_prototypes},
+        "crops": {"global_crop_size": c.global_size, "global_crop_scale": c.global_scale,
+                  "local_crop_size": c.local_size, "local_crop_scale": c.local_scale,
+                  "n_local_views": c.n_local},
+        "batch_size": config.data.batch_size, "num_workers": config.data.num_workers,
+    }  # fmt: skip
+
+
 def run_peer(
     python: Path, images: np.ndarray, config: TrainConfig, minutes: float, workdir: Path
 ) -> dict:
@@ -257,7 +272,7 @@ def run_peer(
     out = workdir / f"peer-{int(time.time())}"
     repo = Path(__file__).resolve().parent.parent
     cmd = [str(python), str(repo / "benchmarks" / "ssl_peer_lightly.py"), "--data", str(arrays),
-           "--backbone", json.dumps(asdict(config.model.backbone)),
+           "--recipe", json.dumps(peer_recipe(config)),
            "--minutes", str(minutes), "--out", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(repo)})
     version = subprocess.run([str(python), "-c", "import lightly; print(lightly.__version__)"],

@@ -7,10 +7,11 @@ import beside the CPU torch this project pins): ``ssl_fashion_mnist.py --peer li
 the teacher it saves with the same k-NN protocol as ours. It writes a run directory
 (``config.json`` + ``teacher_backbone.pth``, as our trainer does) and ``peer.json``.
 
-    python benchmarks/ssl_peer_lightly.py --data ARRAYS.npz --backbone JSON --minutes 15 --out DIR
+    python benchmarks/ssl_peer_lightly.py --data ARRAYS.npz --recipe JSON --minutes 15 --out DIR
 
-``--backbone`` is the recipe's ``model.backbone`` as JSON, so the network is ours exactly
-(``ssl_fashion_mnist.py`` passes its own, overrides included).
+``--recipe`` is what the two runs share, as ``ssl_fashion_mnist.py`` resolves it (overrides
+included), so nothing here is a copy of it: the backbone (our ``model.backbone``), the DINO
+head's widths, the crops, the batch and the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -35,10 +36,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from training.models.config import BackboneConfig, build_backbone
 
-# the same head, crops and batch as ssl_fashion_mnist.py's RECIPE
-HEAD = {"hidden_dim": 512, "bottleneck_dim": 128, "output_dim": 1024}
-BATCH, WORKERS = 64, 2
-
 
 class _Images(Dataset):
     def __init__(self, images: np.ndarray, transform) -> None:
@@ -54,16 +51,14 @@ class _Images(Dataset):
 class DINO(nn.Module):
     """lightly's DINO example, around our backbone."""
 
-    def __init__(self, backbone: BackboneConfig) -> None:
+    def __init__(self, backbone: BackboneConfig, head: dict) -> None:
         super().__init__()
         self.student_backbone = build_backbone(backbone)
         dim = self.student_backbone.embed_dim
-        self.student_head = DINOProjectionHead(dim, HEAD["hidden_dim"], HEAD["bottleneck_dim"],
-                                               HEAD["output_dim"], freeze_last_layer=1)  # fmt: skip
+        self.student_head = DINOProjectionHead(dim, **head, freeze_last_layer=1)
         self.teacher_backbone = build_backbone(replace(backbone, drop_path_rate=0.0))
         self.teacher_backbone.load_state_dict(self.student_backbone.state_dict())
-        self.teacher_head = DINOProjectionHead(dim, HEAD["hidden_dim"], HEAD["bottleneck_dim"],
-                                               HEAD["output_dim"])  # fmt: skip
+        self.teacher_head = DINOProjectionHead(dim, **head)
         self.teacher_head.load_state_dict(self.student_head.state_dict())
         deactivate_requires_grad(self.teacher_backbone)
         deactivate_requires_grad(self.teacher_head)
@@ -92,21 +87,21 @@ def train_step(model: DINO, criterion: DINOLoss, optimizer, views, momentum: flo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="npz with train_images")
-    p.add_argument("--backbone", type=json.loads, required=True,
-                   help="the recipe's model.backbone, as JSON")  # fmt: skip
+    p.add_argument("--recipe", type=json.loads, required=True,
+                   help="backbone, head, crops, batch_size, num_workers as JSON")  # fmt: skip
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    images = np.load(args.data)["train_images"]
-    transform = DINOTransform(global_crop_size=28, global_crop_scale=(0.4, 1.0),
-                              local_crop_size=14, local_crop_scale=(0.1, 0.4),
-                              n_local_views=6)  # fmt: skip
-    loader = DataLoader(_Images(images, transform), batch_size=BATCH, shuffle=True,
-                        num_workers=WORKERS, drop_last=True, persistent_workers=True)  # fmt: skip
+    images, recipe = np.load(args.data)["train_images"], args.recipe
+    batch = recipe["batch_size"]
+    transform = DINOTransform(**recipe["crops"])
+    loader = DataLoader(_Images(images, transform), batch_size=batch, shuffle=True,
+                        num_workers=recipe["num_workers"], drop_last=True,
+                        persistent_workers=recipe["num_workers"] > 0)  # fmt: skip
     torch.manual_seed(0)
-    backbone = BackboneConfig(**args.backbone)
-    model = DINO(backbone)
-    criterion = DINOLoss(output_dim=HEAD["output_dim"], warmup_teacher_temp_epochs=0)
+    backbone = BackboneConfig(**recipe["backbone"])
+    model = DINO(backbone, recipe["head"])
+    criterion = DINOLoss(output_dim=recipe["head"]["output_dim"], warmup_teacher_temp_epochs=0)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)  # lightly's example
     budget, steps, seen, gflop_per_step = args.minutes * 60, 0, 0, float("nan")
     expected_steps = 1000  # for the momentum schedule: about what a 15-minute budget allows
@@ -120,7 +115,7 @@ def main() -> None:
                 gflop_per_step = counter.get_total_flops() / 1e9
             else:
                 loss = train_step(model, criterion, optimizer, views, momentum)
-            steps, seen = steps + 1, seen + BATCH
+            steps, seen = steps + 1, seen + batch
             if time.perf_counter() - started >= budget:
                 break
     elapsed = time.perf_counter() - started
@@ -131,7 +126,7 @@ def main() -> None:
     result = {"steps": steps, "trained_s": round(elapsed, 1),
               "images_per_s": round(seen / elapsed, 2), "epochs": round(seen / len(images), 3),
               "final_loss": round(float(loss.detach()), 5),
-              "gflop_per_image": round(gflop_per_step / BATCH, 3)}  # fmt: skip
+              "gflop_per_image": round(gflop_per_step / batch, 3)}  # fmt: skip
     (args.out / "peer.json").write_text(json.dumps(result))
     print(json.dumps(result))
 

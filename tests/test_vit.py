@@ -135,6 +135,21 @@ def test_efficient_drop_path_computes_the_branch_only_for_kept_samples():
         torch.testing.assert_close(o[changed], torch.full_like(o[changed], n / int(n * 0.6)))
 
 
+def test_efficient_drop_path_gradients_reach_only_the_kept_rows():
+    """d out / d x is 1 + scale * w on the kept rows and 1 elsewhere; d out / d w sums
+    scale * x over the kept rows only."""
+    w = torch.tensor(3.0, requires_grad=True)
+    groups = [torch.randn(10, 3, 2), torch.randn(20, 5, 2)]
+    layout = Layout.of(groups)
+    x = layout.pack(groups).requires_grad_()
+    out = drop_add_residual(x, layout, lambda t, _: t * w, rate=0.4)
+    out.sum().backward()
+    kept = out.detach() != x.detach()  # the rows the branch changed
+    scales = torch.cat([torch.full((n * k, 2), n / int(n * 0.6)) for n, k in layout.shapes])
+    torch.testing.assert_close(x.grad, torch.where(kept, 1 + 3.0 * scales, torch.ones_like(x)))
+    torch.testing.assert_close(w.grad, (scales * x.detach())[kept].sum())
+
+
 def test_vit_s_trains_with_drop_path_on_mixed_crops():
     """The official code crashes here (ViT-S, drop path, fused path); ours must not."""
     model = build_vit("vit_small", img_size=56, drop_path_rate=0.4).train()

@@ -20,6 +20,7 @@ and ``ok = false`` (see :mod:`manifests.embeddings` for the layout).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import functools
 import io
 import logging
@@ -169,7 +170,8 @@ def embed_manifests(
     config = config or EmbedConfig()
     rows = require_image_rows(manifests)
     store = EmbeddingStore(out)
-    meta = {"model": embedder.spec, "dim": embedder.dim, "rows": len(rows),
+    ids = hashlib.sha256("\n".join(r["id"] for r in rows).encode()).hexdigest()[:16]
+    meta = {"model": embedder.spec, "dim": embedder.dim, "rows": len(rows), "ids": ids,
             "rows_per_shard": config.rows_per_shard, "dtype": "float16",
             "normalized": "l2", "manifests": relative_paths(manifests, out),
             "copy_detection": embedder.copy_detection}  # fmt: skip

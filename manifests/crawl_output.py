@@ -33,6 +33,7 @@ class ShardStats:
     error_codes: dict[str, int] = field(default_factory=dict)
     stored_bytes: int = 0
     elapsed_s: float = 0.0
+    source: str = ""  # what it was crawled from (curation.crawl.plan.shard_source)
 
     @property
     def images_per_s(self) -> float:
@@ -65,6 +66,17 @@ class CrawlOutput:
     def remove_partial(self) -> None:
         for d in (self.shards_dir, self.stats_dir, self.pool.root):
             remove_temporaries(d)
+
+    def remove_stale(self, sources: list[str]) -> list[int]:
+        """Remove every committed shard that was not crawled from ``sources[index]`` (other
+        URLs or settings, or an index the plan no longer has); returns their indices."""
+        stale = [i for i in sorted(self.complete_shards())
+                 if i >= len(sources) or self.shard_stats(i).source != sources[i]]  # fmt: skip
+        for i in stale:
+            self.pool.path(i).unlink()  # first: the shard no longer counts as complete
+            self.stats_path(i).unlink(missing_ok=True)
+            self.tar_path(i).unlink(missing_ok=True)
+        return stale
 
     def stats_path(self, index: int) -> Path:
         return self.stats_dir / f"{shard_stem(index)}.json"

@@ -31,19 +31,25 @@ def claim_directory(
     differs in ``identity`` (top-level keys of the job; default: all of them), raise
     ResumeMismatchError naming each differing setting as ``key: old -> new``."""
     path = Path(root) / name
-    found = json.loads(path.read_text()) if path.exists() else None
+    found = read_claim(root, name)
     job = json.loads(json.dumps(job, default=str))  # as it reads back: tuples are lists
     if found is not None and has_output:
         keys = list(identity) if identity is not None else sorted(set(job) | set(found))
-        changes = _changes({k: found.get(k) for k in keys}, {k: job.get(k) for k in keys})
-        if changes:
-            details = "; ".join(f"{k}: {_short(old)} -> {_short(new)}" for k, old, new in changes)
+        changed = changes({k: found.get(k) for k in keys}, {k: job.get(k) for k in keys})
+        if changed:
+            details = "; ".join(f"{k}: {_short(old)} -> {_short(new)}" for k, old, new in changed)
             raise ResumeMismatchError(
-                f"{root}: holds output of another job (differs in {[k for k, _, _ in changes]}"
+                f"{root}: holds output of another job (differs in {[k for k, _, _ in changed]}"
                 f": {details}; see {path}); to build from other inputs or settings, use a new "
                 "output directory"
             )
     write_bytes_atomic(path, json.dumps(job, indent=1).encode())
+
+
+def read_claim(root: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """The job recorded in ``root/name`` by :func:`claim_directory`, if any."""
+    path = Path(root) / name
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def relative_paths(paths: list[str | os.PathLike], root: str | os.PathLike) -> list[str]:
@@ -52,11 +58,11 @@ def relative_paths(paths: list[str | os.PathLike], root: str | os.PathLike) -> l
     return [os.path.relpath(os.path.abspath(p), os.path.abspath(root)) for p in paths]
 
 
-def _changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+def changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """``(dotted key, old, new)`` for every leaf that differs between two JSON values."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [change for key in sorted(set(old) | set(new))
-                for change in _changes(old.get(key), new.get(key), f"{prefix}{key}.")]  # fmt: skip
+                for change in changes(old.get(key), new.get(key), f"{prefix}{key}.")]  # fmt: skip
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 

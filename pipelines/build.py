@@ -29,7 +29,7 @@ from manifests.inventory import find_damage, remove_damaged_shards, take_invento
 from pipelines.build_layout import BuildLayout
 from pipelines.curation_config import CurationConfig
 from pipelines.engines import Engine
-from pipelines.lvd_stages import STAGE_NAMES, STAGES, Build, Stage
+from pipelines.lvd_stages import STAGE_NAMES, STAGES, Build, Sources, Stage
 from pipelines.reconcile import check_counts
 
 log = logging.getLogger("build_lvd")
@@ -76,7 +76,8 @@ def _needed(b: Build, stage: Stage) -> dict[str, dict[str, Any]]:
 
 
 def _fingerprint(b: Build, stage: Stage, inputs: dict[str, str]) -> str:
-    text = json.dumps({"settings": stage.settings(b.config), "inputs": inputs}, sort_keys=True,
+    text = json.dumps({"settings": stage.settings(b.config, b.sources), "inputs": inputs},
+                      sort_keys=True,
                       default=str)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -129,7 +130,7 @@ def run_build(
     if unknown:
         raise ConfigError(f"--stages {','.join(unknown)}: expected some of {STAGE_NAMES}")
     config.validate()
-    b = Build(Path(out).resolve(), config, engine, progress)
+    b = Build(Path(out).resolve(), config, engine, Sources.read(config), progress)
     b.out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in STAGES if s.name in chosen]
     results = []

@@ -10,6 +10,7 @@ retrieve (the LVD manifest) -> report. Each writes ``DIR/<stage>/`` and, when fi
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,15 +24,37 @@ from curation.dedup.stage import hash_and_dedup, write_dedup
 from curation.embed import embed_manifests, load_embedder
 from curation.lvd_manifest import PoolInputs, RetrievalConfig, write_lvd_manifest
 from curation.safety.stage import check_pool
-from curation.seeds.registry import write_seed_manifest
+from curation.seeds.registry import seed_set_source, write_seed_manifest
+from manifests.atomic import write_bytes_atomic
 from manifests.errors import ManifestError
 from manifests.image_rows import read_image_rows, row_location
 from manifests.parquet_io import ShardedParquet, read_manifest, write_image_manifest
 from manifests.schemas import DEDUP, HASHES
+from manifests.sources import inputs_digests
 from pipelines.build_layout import BuildLayout
 from pipelines.curation_config import CurationConfig
 from pipelines.engines import Engine
 from pipelines.report import write_report
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Digests of what a build reads from outside it: a URL list edited or a seed folder
+    changed under the same name reruns the stages that read it, and only those."""
+
+    urls: list[str]  # each input's digest, in order (a file moved as it is is the same input)
+    seed_sets: dict[str, str]  # seed or evaluation set -> seed_set_source
+
+    @classmethod
+    def read(cls, config: CurationConfig) -> Sources:
+        """Read the digests; every seed and evaluation set's layout is checked here, before
+        any stage runs."""
+        names = dict.fromkeys([p.name for p in config.seed_sets] + config.evaluation_sets)
+        return cls(inputs_digests(config.urls),
+                   {name: seed_set_source(name, config.seeds) for name in names})  # fmt: skip
+
+    def of(self, names: list[str]) -> dict[str, str]:
+        return {name: self.seed_sets[name] for name in dict.fromkeys(names)}
 
 
 @dataclass(frozen=True)
@@ -40,6 +63,7 @@ class Build(BuildLayout):
 
     config: CurationConfig
     engine: Engine
+    sources: Sources
     progress: bool = True
 
     @property
@@ -50,7 +74,15 @@ class Build(BuildLayout):
         """Where embed_pool puts the pool's descriptors of the retrieval or copy model."""
         return self.dir("embed_pool") / ("retrieval" if model == self.config.model else "copy")
 
-    def embed(self, manifests: list[Path], out: Path, model: str, stage: str) -> dict[str, int]:
+    def embed(self, manifests: list[Path], out: Path, model: str, stage: str,
+              source: str = "") -> dict[str, int]:  # fmt: skip
+        """Embed ``manifests`` into ``out``; embeddings there of another ``source`` (a seed
+        set's earlier content) are removed first, those of the same one resumed."""
+        record = out.parent / f"{out.name}.source"
+        if not record.exists() or record.read_text() != source:
+            shutil.rmtree(out, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(record, source.encode())
         counts = embed_manifests(manifests, load_embedder(model), out, self.config.embed,
                                  self.progress, self.engine.runner(stage))  # fmt: skip
         if counts["embedded"] == 0:
@@ -106,7 +138,7 @@ def dedup(b: Build) -> dict[str, Any]:
     for name in b.config.evaluation_sets:
         manifest, _ = write_seed_manifest(name, b.config.seeds, b.eval_manifests)
         evaluation.append(str(b.eval_embeddings(name)))
-        b.embed([manifest], Path(evaluation[-1]), b.copy_model, "dedup")
+        b.embed([manifest], Path(evaluation[-1]), b.copy_model, "dedup", b.sources.seed_sets[name])
     hashes = ShardedParquet(b.hashes, HASHES).read()
     stats = write_dedup(hashes, [b.pool_manifest], b.dir("dedup"),
                         b.pool_embeddings(b.copy_model), evaluation, b.config.dedup, b.progress,
@@ -123,7 +155,7 @@ def embed_seeds(b: Build) -> dict[str, Any]:
         summary[name] = {"images": count}
         if any(p.method != "as_is" for p in plans if p.name == name):
             summary[name] |= b.embed([manifest], b.seed_embeddings(name), b.config.model,
-                                     "embed_seeds")  # fmt: skip
+                                     "embed_seeds", b.sources.seed_sets[name])  # fmt: skip
     return summary
 
 
@@ -149,7 +181,7 @@ class Stage:
     run: Callable[[Build], dict[str, Any]]
     needs: tuple[str, ...]
     # the parts of the recipe its output depends on (with its inputs' fingerprints)
-    settings: Callable[[CurationConfig], Any]
+    settings: Callable[[CurationConfig, Sources], Any]
     describe: Callable[[dict[str, Any]], str]  # its summary, in a line a person reads
 
 
@@ -180,28 +212,28 @@ def _describe_retrieval(s: dict[str, Any]) -> str:
 
 
 STAGES = (
-    Stage("crawl", crawl, (), lambda c: {"urls": c.urls, "crawl": asdict(c.crawl)},
+    Stage("crawl", crawl, (), lambda c, src: {"urls": src.urls, "crawl": c.crawl.output_settings()},
           _describe_crawl),
     Stage("hash", hash_, ("crawl",),  # copy settings are the dedup stage's
-          lambda c: {k: v for k, v in asdict(c.dedup).items() if k != "copy"},
+          lambda c, src: {k: v for k, v in asdict(c.dedup).items() if k != "copy"},
           lambda s: _describe_funnel(s, ("exact", "hash"))),
-    Stage("safety", safety, ("hash",), lambda c: asdict(c.safety), _describe_safety),
+    Stage("safety", safety, ("hash",), lambda c, src: asdict(c.safety), _describe_safety),
     Stage("embed_pool", embed_pool, ("safety",),
-          lambda c: {"model": c.model, "copy_model": c.copy_model, "embed": asdict(c.embed)},
+          lambda c, src: {"model": c.model, "copy_model": c.copy_model, "embed": asdict(c.embed)},
           _describe_embedded),
     Stage("dedup", dedup, ("hash", "embed_pool"),
-          lambda c: {"dedup": asdict(c.dedup), "evaluation_sets": c.evaluation_sets,
-                     "seeds": asdict(c.seeds)},
+          lambda c, src: {"dedup": asdict(c.dedup), "evaluation_sets": src.of(c.evaluation_sets)},
           lambda s: _describe_funnel(s, ("copy", "relative"))),
     Stage("embed_seeds", embed_seeds, (),
-          lambda c: {"seed_sets": [asdict(p) for p in c.seed_sets], "seeds": asdict(c.seeds),
-                     "model": c.model, "embed": asdict(c.embed)},
+          lambda c, src: {"seed_sets": [asdict(p) for p in c.seed_sets], "model": c.model,
+                          "sources": src.of([p.name for p in c.seed_sets]),
+                          "embed": asdict(c.embed)},
           _describe_embedded),
     Stage("retrieve", retrieve, ("safety", "embed_pool", "dedup", "embed_seeds"),
-          lambda c: {"kmeans": asdict(c.kmeans), "search": asdict(c.search),
-                     "rows_per_shard": c.rows_per_shard, "seed": c.seed},
+          lambda c, src: {"kmeans": asdict(c.kmeans), "search": asdict(c.search),
+                          "rows_per_shard": c.rows_per_shard, "seed": c.seed},
           _describe_retrieval),
-    Stage("report", report, ("crawl", "hash", "safety", "dedup", "retrieve"), lambda c: None,
+    Stage("report", report, ("crawl", "hash", "safety", "dedup", "retrieve"), lambda c, src: None,
           lambda s: s["report"]),
 )  # fmt: skip
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -39,7 +39,7 @@ from pipelines.build import MissingStageError, run_build
 from pipelines.curation_config import CurationConfig
 from pipelines.demo.run import demo_web
 from pipelines.engines.local import LocalEngine
-from pipelines.lvd_stages import STAGE_NAMES, Build
+from pipelines.lvd_stages import STAGE_NAMES, Build, Sources
 from training.data.dataset import ManifestImageDataset
 
 N_PHOTOS = 96  # + their copies: enough for the PCA hash, several shards per stage
@@ -125,7 +125,7 @@ def test_the_build_dedups_like_the_standalone_commands(web, local_build, tmp_pat
     images and reasons either way."""
     _, config = web
     out, _ = local_build
-    build = Build(out, config, LocalEngine())
+    build = Build(out, config, LocalEngine(), Sources.read(config))
     check_pool([build.pool_manifest], tmp_path / "safety", config.safety, progress=False)
     embed_manifests([tmp_path / "safety" / "manifest"], load_embedder(build.copy_model),
                     tmp_path / "emb", config.embed, progress=False)  # fmt: skip
@@ -459,3 +459,60 @@ def test_beam_pipeline_options_pass_through_to_the_runner():
     # only crawl and hash run on Beam; the others on this machine's runner
     assert engine.runner("crawl") == engine.run_tasks and engine.runner("embed_pool") is run_locally
     assert type(BeamEngine([])._runner()).__name__ == "FnApiRunner"  # local default
+
+
+@pytest.fixture(scope="module")
+def edited_build(web, tmp_path_factory):
+    """A build of the demo web plus a URL list and seed folders of its own, to edit."""
+    root, config = web
+    mine = tmp_path_factory.mktemp("edited")
+    config = copy.deepcopy(config)
+    urls = mine / "urls.txt"
+    urls.write_text(read_manifest([root / "local" / "crawl" / "manifest" / "pool"], POOL)
+                    .column("url")[0].as_py() + "?listed\n")  # fmt: skip
+    config.urls = [*config.urls, str(urls)]
+    for name in ("demo_sample", "demo_eval"):
+        shutil.copytree(config.seeds.roots[name], mine / name)
+        config.seeds.roots[name] = str(mine / name)
+    run_build(mine / "build", config, LocalEngine(), progress=False)
+    return mine, config
+
+
+def _ran(results) -> list[str]:
+    return [r.stage for r in results if r.status != "skipped"]
+
+
+def test_an_edited_url_list_recrawls_its_shard_and_rebuilds_what_follows(edited_build, web):
+    mine, config = edited_build
+    urls = mine / "urls.txt"
+    first = urls.read_text().strip()
+    urls.write_text(f"{first}\n{first.replace('?listed', '?appended')}\n")  # same name, more
+    results = run_build(mine / "build", config, LocalEngine(), progress=False)
+    assert _ran(results) == [s for s in STAGE_NAMES if s != "embed_seeds"]
+    crawl = json.loads((mine / "build" / "crawl" / "stats.json").read_text())
+    assert crawl["urls_this_run"] == crawl["urls"] - 16 * (crawl["shards_total"] - 1)
+    pool = read_manifest([mine / "build" / "crawl" / "manifest" / "pool"], POOL)
+    assert first.replace("?listed", "?appended") in pool.column("url").to_pylist()
+
+
+def test_a_changed_seed_folder_reruns_only_the_stages_that_read_it(edited_build):
+    mine, config = edited_build
+    build = mine / "build"
+    sample = Path(config.seeds.roots["demo_sample"])
+    image = next(sample.rglob("*.jpg"))
+    shutil.copy(image, image.with_name("added.jpg"))  # an image added to the seed folder
+    results = run_build(build, config, LocalEngine(), progress=False)
+    assert _ran(results) == ["embed_seeds", "retrieve", "report"]
+    summary = {r.stage: r.summary for r in results}["embed_seeds"]
+    assert summary["demo_sample"]["embedded"] == len(list(sample.rglob("*.jpg")))
+
+    moved = mine / "sample_moved"
+    shutil.copytree(sample, moved)  # the seed set pointed at another folder
+    config.seeds.roots["demo_sample"] = str(moved)
+    assert _ran(run_build(build, config, LocalEngine(), progress=False)) == [
+        "embed_seeds", "retrieve", "report"]
+
+    evaluation = Path(config.seeds.roots["demo_eval"])
+    (next(evaluation.rglob("*.jpg"))).unlink()  # an evaluation set changed: relative dedup
+    results = run_build(build, config, LocalEngine(), progress=False)
+    assert _ran(results) == ["dedup", "retrieve", "report"]

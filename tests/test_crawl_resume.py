@@ -14,7 +14,6 @@ import pytest
 
 from curation.crawl.crawler import run_crawl
 from manifests.image_shards import iter_samples, tar_shard_path
-from manifests.job import ResumeMismatchError
 from manifests.parquet_io import read_manifest
 from manifests.schemas import POOL
 from pipelines.demo.loopback_web import LoopbackWeb, Route
@@ -82,13 +81,34 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(slow_web, tmp_path):
     assert leftovers == []
 
 
-def test_resume_into_a_crawl_of_other_inputs_is_refused(slow_web, tmp_path, crawl_config):
-    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
-    first.write_text(slow_web.url("/img/1.jpg"))
-    second.write_text(slow_web.url("/img/2.jpg"))
-    run_crawl([first], tmp_path / "out", crawl_config, progress=False)
-    with pytest.raises(ResumeMismatchError, match="other inputs"):
-        run_crawl([second], tmp_path / "out", crawl_config, progress=False)
+def test_appended_urls_redo_only_the_shards_they_change(slow_web, tmp_path, crawl_config):
+    urls = tmp_path / "urls.txt"
+    listed = [slow_web.url(f"/img/{i}.jpg?append") for i in range(40)]  # shards of 16, 16, 8
+    urls.write_text("\n".join(listed))
+    run_crawl([urls], tmp_path / "out", crawl_config, progress=False)
+    hits = sum(slow_web.hits.values())
+    urls.write_text("\n".join([*listed, slow_web.url("/img/40.jpg?append")]))
+    crawl_config.processes = 1  # how many run at once: not a change of what a shard holds
+    second = run_crawl([urls], tmp_path / "out", crawl_config, progress=False)
+    assert second.shards_skipped == 2 and second.urls_this_run == 9  # the last shard, redone
+    assert sum(slow_web.hits.values()) - hits == 9
+    table = read_manifest([tmp_path / "out" / "manifest" / "pool"], POOL)
+    assert sorted(table.column("url").to_pylist()) == sorted(urls.read_text().split())
+
+
+def test_a_changed_setting_redoes_every_shard_it_changes(slow_web, tmp_path, crawl_config):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(slow_web.url(f"/img/{i}.jpg?side") for i in range(20)))
+    run_crawl([urls], tmp_path / "out", crawl_config, progress=False)
+    crawl_config.process.max_side = 128
+    second = run_crawl([urls], tmp_path / "out", crawl_config, progress=False)
+    assert second.shards_skipped == 0 and second.urls_this_run == 20
+    rows = read_manifest([tmp_path / "out" / "manifest" / "pool"], POOL).to_pylist()
+    assert {max(r["width"], r["height"]) for r in rows if r["status"] == "ok"} == {128}
+    stored = [s for shard in (0, 1) for _, s in iter_samples(tar_shard_path(tmp_path / "out" /
+              "shards", shard))]  # fmt: skip
+    assert len(stored) == 19 and {r["sha256"] for r in rows if r["sha256"]} == {
+        hashlib.sha256(s["jpg"]).hexdigest() for s in stored}
 
 
 def test_rerun_of_a_complete_crawl_downloads_nothing(slow_web, tmp_path, crawl_config):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from curation.crawl.robots import DEFAULT_DISALLOWED
 from manifests.config import bounded
+from manifests.sources import file_digest
+
+# how much runs at once: these change how fast a shard is crawled, not what it holds
+PARALLELISM = {"processes", "threads_per_process", "concurrency", "per_host_concurrency"}
 
 
 @dataclass
@@ -50,3 +55,14 @@ class CrawlConfig:
     processes: int = bounded(0, at_least=0)
     # decode/resize threads beside each process's event loop
     threads_per_process: int = bounded(2, at_least=1)
+
+    def output_settings(self) -> dict[str, Any]:
+        """Every setting that changes what a shard holds (all but :data:`PARALLELISM`),
+        with the domain block list's content: a shard crawled with other ones is redone."""
+        settings = asdict(self)
+        for part in (settings, settings["fetch"]):
+            for key in PARALLELISM & part.keys():
+                del part[key]
+        if self.fetch.domain_blocklist:
+            settings["fetch"]["domain_blocklist"] = file_digest(self.fetch.domain_blocklist)
+        return settings

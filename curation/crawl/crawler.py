@@ -18,13 +18,13 @@ from typing import Any
 from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import NO_IMAGE_HINTS, ErrorCode, InputError, NoImagesError
 from curation.crawl.fetch import Fetcher
-from curation.crawl.plan import CrawlPlan, plan_crawl
+from curation.crawl.plan import CrawlPlan, plan_crawl, shard_source
 from curation.crawl.shard import crawl_shard
 from curation.local_runner import local_processes, run_locally
 from curation.tasks import ShardRunner, ShardTasks
 from manifests.atomic import write_bytes_atomic
 from manifests.crawl_output import CrawlOutput
-from manifests.job import claim_directory
+from manifests.job import changes, claim_directory, read_claim
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,9 @@ def run_crawl(
         raise InputError(f"{[str(i) for i in inputs]}: no URLs in the inputs "
                          f"({len(plan.problems)} unusable records)")  # fmt: skip
     output = CrawlOutput(out_dir)
-    _claim_output(output, plan, config)
-    output.remove_partial()
     shards = plan.shards(config.shard_size)
+    _claim_output(output, plan, config, [shard_source(s, config) for s in shards])
+    output.remove_partial()
     done = output.complete_shards()
     pending = [i for i in range(len(shards)) if i not in done]
     todo = sum(len(shards[i]) for i in pending)
@@ -134,9 +134,19 @@ def _split_limits(config: CrawlConfig, processes: int) -> CrawlConfig:
     )
 
 
-def _claim_output(output: CrawlOutput, plan: CrawlPlan, config: CrawlConfig) -> None:
-    """Record what this directory is a crawl of; refuse to resume a different crawl into it."""
+def _claim_output(
+    output: CrawlOutput, plan: CrawlPlan, config: CrawlConfig, sources: list[str]
+) -> None:
+    """Record what this directory is a crawl of, after removing the committed shards that
+    were crawled from other URLs or settings (named in a warning): a rerun redoes exactly
+    the shards that its inputs or settings change."""
     job = {"plan": plan.fingerprint(), "urls": len(plan.rows), "shard_size": config.shard_size,
-           "config": asdict(config)}  # fmt: skip
-    claim_directory(output.root, RUN_FILE, job, bool(output.complete_shards()),
-                    identity=("plan", "urls", "shard_size"))  # fmt: skip
+           "config": json.loads(json.dumps(asdict(config)))}  # fmt: skip
+    stale = output.remove_stale(sources)
+    if stale:
+        previous = read_claim(output.root, RUN_FILE)
+        changed = [key for key, _, _ in changes(previous or {}, job)] or ["the shards' URLs"]
+        log.warning("%s: %d committed shard(s) were crawled from other URLs or settings "
+                    "(changed: %s); redoing them", output.root, len(stale),
+                    ", ".join(changed[:8]))  # fmt: skip
+    claim_directory(output.root, RUN_FILE, job, has_output=False)

@@ -35,8 +35,10 @@ class Adapter:
             )
         rows = self.read(root)
         if not rows:
+            flat = len(_images(root)) if root.is_dir() else 0
+            found = f" (found {flat} images directly in it, outside any folder)" if flat else ""
             raise ManifestError(
-                f"seed set {set_name}: no images under {root}; expected {self.layout}"
+                f"seed set {set_name}: no images under {root}{found}; expected {self.layout}"
             )
         return [{**r, "id": f"{set_name}:{r['id']}"} for r in rows]
 

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,3 +37,23 @@ def write_seed_manifest(name: str, config: SeedSetsConfig, out: str | Path) -> t
     adapter, root = resolve(name, config)
     rows = adapter.rows(name, root)
     return write_image_manifest(rows, Path(out) / f"{name}.parquet"), len(rows)
+
+
+def seed_set_source(name: str, config: SeedSetsConfig) -> str:
+    """What a seed set is read from: its adapter, root, and every image's id, label and
+    file (name, size, modification time). Reading it checks the layout, so a seed folder
+    of the wrong shape fails before the build starts, naming the layout expected."""
+    adapter, root = resolve(name, config)
+    files = {}
+    rows = []
+    for r in adapter.rows(name, root):
+        file = r["path"] or r["tar"]
+        if file not in files:
+            try:
+                stat = os.stat(file)
+                files[file] = (stat.st_size, stat.st_mtime_ns)
+            except OSError:  # embedding names it as a failed row
+                files[file] = "missing"
+        rows.append((r["id"], r["key"], r["label"], file))
+    text = json.dumps([adapter.name, str(Path(root).resolve()), rows, sorted(files.items())])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

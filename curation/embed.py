@@ -20,8 +20,8 @@ and ``ok = false`` (see :mod:`manifests.embeddings` for the layout).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import functools
+import hashlib
 import io
 import logging
 from collections.abc import Callable, Iterator

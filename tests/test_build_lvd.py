@@ -510,7 +510,10 @@ def test_a_changed_seed_folder_reruns_only_the_stages_that_read_it(edited_build)
     shutil.copytree(sample, moved)  # the seed set pointed at another folder
     config.seeds.roots["demo_sample"] = str(moved)
     assert _ran(run_build(build, config, LocalEngine(), progress=False)) == [
-        "embed_seeds", "retrieve", "report"]
+        "embed_seeds",
+        "retrieve",
+        "report",
+    ]
 
     evaluation = Path(config.seeds.roots["demo_eval"])
     (next(evaluation.rglob("*.jpg"))).unlink()  # an evaluation set changed: relative dedup

@@ -108,7 +108,8 @@ def test_a_changed_setting_redoes_every_shard_it_changes(slow_web, tmp_path, cra
     stored = [s for shard in (0, 1) for _, s in iter_samples(tar_shard_path(tmp_path / "out" /
               "shards", shard))]  # fmt: skip
     assert len(stored) == 19 and {r["sha256"] for r in rows if r["sha256"]} == {
-        hashlib.sha256(s["jpg"]).hexdigest() for s in stored}
+        hashlib.sha256(s["jpg"]).hexdigest() for s in stored
+    }
 
 
 def test_rerun_of_a_complete_crawl_downloads_nothing(slow_web, tmp_path, crawl_config):

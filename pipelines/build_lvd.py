@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from manifests.config import ConfigError, add_config_arguments, config_from_arguments
-from pipelines.cli import USER_ERRORS, run_cli
+from pipelines.cli import USER_ERRORS, add_network_arguments, network_overrides, run_cli
 from pipelines.engines import ENGINES
 
 DEFAULT_OUT, DEMO_OUT = Path("out/lvd"), Path("out/demo")
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
     p.add_argument("--verify", action="store_true",
                    help="check finished stages' checksums too, not only their sizes")  # fmt: skip
+    add_network_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -54,7 +55,7 @@ def config_from_args(args: argparse.Namespace):  # -> CurationConfig, imported w
 
     if not args.config:
         raise ConfigError("--config is required (see configs/curation/), or use --demo")
-    config = config_from_arguments(CurationConfig, args)
+    config = config_from_arguments(CurationConfig, args, network_overrides(args, "crawl."))
     if args.urls:
         config.urls = args.urls
     for item in args.seed_root:

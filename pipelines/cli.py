@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -29,3 +30,37 @@ def run_cli(action: Callable[[], str], errors: tuple[type[Exception], ...] = USE
               file=sys.stderr)  # fmt: skip
         return 130
     return 0
+
+
+def add_network_arguments(p: argparse.ArgumentParser) -> None:
+    """The crawl's network flags, named alike in every command that crawls (the remedies
+    that a failed crawl prints name them)."""
+    p.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        help="allow private, loopback and link-local addresses (unsafe on the web)",
+    )
+    p.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="allow one non-public network, e.g. 127.0.0.0/8 (repeatable)",
+    )
+    p.add_argument(
+        "--ignore-robots-directives",
+        action="store_true",
+        help="download despite X-Robots-Tag noai/noimageai/noindex/noimageindex",
+    )
+
+
+def network_overrides(args: argparse.Namespace, prefix: str = "") -> list[str]:
+    """The network flags as ``--set`` overrides of the crawl's config (under ``prefix``)."""
+    overrides = []
+    if args.allow_private_networks:
+        overrides.append(f"{prefix}fetch.allow_private_networks=true")
+    if args.allow_network:
+        overrides.append(f"{prefix}fetch.allowed_networks=[{','.join(args.allow_network)}]")
+    if args.ignore_robots_directives:
+        overrides.append(f"{prefix}fetch.disallowed_robots_directives=[]")
+    return overrides

@@ -18,7 +18,7 @@ from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import InputError
 from curation.local_runner import start_worker_server
 from manifests.config import add_config_arguments, config_from_arguments
-from pipelines.cli import USER_ERRORS, run_cli
+from pipelines.cli import USER_ERRORS, add_network_arguments, network_overrides, run_cli
 
 if TYPE_CHECKING:
     from curation.crawl.crawler import CrawlSummary
@@ -56,36 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="DIR")
     add_config_arguments(p, "a CrawlConfig YAML file", shorthands=_FLAG_KEYS)
-    p.add_argument(
-        "--allow-private-networks",
-        action="store_true",
-        help="allow private, loopback and link-local addresses (unsafe on the web)",
-    )
-    p.add_argument(
-        "--allow-network",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="allow one non-public network, e.g. 127.0.0.0/8 (repeatable)",
-    )
-    p.add_argument(
-        "--ignore-robots-directives",
-        action="store_true",
-        help="download despite X-Robots-Tag noai/noimageai/noindex/noimageindex",
-    )
+    add_network_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> CrawlConfig:
-    overrides = []
-    if args.allow_private_networks:
-        overrides.append("fetch.allow_private_networks=true")
-    if args.allow_network:
-        overrides.append(f"fetch.allowed_networks=[{','.join(args.allow_network)}]")
-    if args.ignore_robots_directives:
-        overrides.append("fetch.disallowed_robots_directives=[]")
-    return config_from_arguments(CrawlConfig, args, overrides)
+    return config_from_arguments(CrawlConfig, args, network_overrides(args))
 
 
 def format_summary(s: CrawlSummary) -> str:

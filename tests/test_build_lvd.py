@@ -8,6 +8,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -355,6 +356,41 @@ def test_clear_errors_for_bad_inputs(web, tmp_path, capsys):
     assert "unrecognized arguments: --runner=X" in build("--config", str(path), "--runner=X")
     with pytest.raises(MissingStageError, match="run it first: --stages safety"):
         run_build(tmp_path / "fresh", config, LocalEngine(), ["embed_pool"], progress=False)
+
+
+def test_every_remedy_a_build_prints_works_when_followed(web, tmp_path, capsys):
+    """A failed build's message names what to do; doing it gets the build further."""
+    root, config = web
+    recipe = asdict(config)
+    recipe["crawl"]["fetch"]["allowed_networks"] = []  # the demo web is on loopback
+    recipe["seeds"]["roots"] = {}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    args = ["--config", str(path), "--out", str(tmp_path / "out"), "--no-progress"]
+
+    def build(*more: str) -> tuple[int, str]:
+        rc = cli.main([*args, *more])
+        return rc, capsys.readouterr().err.strip().splitlines()[-1] if rc else ""
+
+    advice = re.compile(r"give --seed-root (?P<root>\w+)=PATH|pass (?P<flag>--allow-private-"
+                        r"networks)|run it first: --stages (?P<stage>\w+)")  # fmt: skip
+    wanted = ["embed_pool"]  # a late stage first: it names the stages it needs
+    for _ in range(12):
+        rc, line = build("--stages", wanted[-1])
+        if rc == 0:
+            wanted.pop()
+            if not wanted:
+                break
+            continue
+        found = advice.search(line)
+        assert found, line
+        if found["root"]:
+            args += ["--seed-root", f"{found['root']}={config.seeds.roots[found['root']]}"]
+        elif found["stage"]:
+            wanted.append(found["stage"])
+        else:
+            args.append(found["flag"])
+    assert not wanted and (tmp_path / "out" / "embed_pool" / "stage.json").exists()
 
 
 def test_a_separate_copy_model_dedups_and_the_retrieval_model_retrieves(web, local_build,

@@ -11,6 +11,8 @@ from curation.crawl.config import CrawlConfig
 from curation.seeds.registry import SeedSetsConfig
 from manifests.config import ConfigError, load_config
 from pipelines import crawl as cli
+from pipelines.demo.loopback_web import LoopbackWeb, Route
+from pipelines.demo.synthetic_images import encode, make_photo
 
 
 def test_yaml_config_and_overrides(tmp_path):
@@ -178,19 +180,22 @@ def test_every_command_takes_config_then_shorthands_then_set(tmp_path):
     assert alone.num_workers == 3 and alone.batch_size == EmbedConfig().batch_size
 
 
-def test_a_crawl_with_no_image_fails_naming_the_commonest_failure_and_the_remedy(tmp_path):
-    urls = [f"http://127.0.0.1:9/{i}.jpg" for i in range(3)] + ["http://10.0.0.1/x.jpg"]
-    (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.crawl", "--urls", str(tmp_path / "urls.txt"),
-         "--out", str(tmp_path / "out"), "--no-progress", "--processes", "1"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line == (f"error: {tmp_path / 'out'}: none of the 4 URLs gave an image (4 "
-                    "blocked_private_address); pass --allow-private-networks (or "
-                    "--allow-network CIDR) for a local web")  # fmt: skip
+def test_a_crawl_with_no_image_names_the_commonest_failure_and_its_remedy_works(tmp_path):
+    body = encode(make_photo(3, 160, 120))
+    with LoopbackWeb({f"/{i}.jpg": Route(body=body) for i in range(3)}) as web:
+        (tmp_path / "urls.txt").write_text("\n".join(web.url(f"/{i}.jpg") for i in range(3)))
+        command = [sys.executable, "-m", "pipelines.crawl", "--urls", str(tmp_path / "urls.txt"),
+                   "--out", str(tmp_path / "out"), "--no-progress", "--processes", "1"]  # fmt: skip
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line == (f"error: {tmp_path / 'out'}: none of the 3 URLs gave an image (3 "
+                        "blocked_private_address); pass --allow-private-networks (or "
+                        "--allow-network CIDR) for a local web")  # fmt: skip
+        advised = subprocess.run([*command, "--allow-private-networks"], capture_output=True,
+                                 text=True, timeout=60)  # fmt: skip
+    assert advised.returncode == 0, advised.stderr
+    assert "ok:     3 (100.0%)" in advised.stdout
 
 
 @pytest.mark.parametrize(

@@ -375,6 +375,7 @@ def test_every_remedy_a_build_prints_works_when_followed(web, tmp_path, capsys):
     advice = re.compile(r"give --seed-root (?P<root>\w+)=PATH|pass (?P<flag>--allow-private-"
                         r"networks)|run it first: --stages (?P<stage>\w+)")  # fmt: skip
     wanted = ["embed_pool"]  # a late stage first: it names the stages it needs
+    followed = set()
     for _ in range(12):
         rc, line = build("--stages", wanted[-1])
         if rc == 0:
@@ -384,6 +385,7 @@ def test_every_remedy_a_build_prints_works_when_followed(web, tmp_path, capsys):
             continue
         found = advice.search(line)
         assert found, line
+        followed.add(found.lastgroup)
         if found["root"]:
             args += ["--seed-root", f"{found['root']}={config.seeds.roots[found['root']]}"]
         elif found["stage"]:
@@ -391,6 +393,7 @@ def test_every_remedy_a_build_prints_works_when_followed(web, tmp_path, capsys):
         else:
             args.append(found["flag"])
     assert not wanted and (tmp_path / "out" / "embed_pool" / "stage.json").exists()
+    assert followed == {"root", "flag", "stage"}
 
 
 def test_a_separate_copy_model_dedups_and_the_retrieval_model_retrieves(web, local_build,

@@ -27,7 +27,8 @@ def gpu_count(use_gpu: bool = True) -> int:
 
 @dataclass
 class KMeansConfig:
-    k: int = bounded(100_000, at_least=1)  # the paper's pool clustering
+    # the paper's pool clustering (DINOv3's first level: 200M)
+    k: int = bounded(100_000, at_least=1, at_most=1_000_000_000)
     niter: int = bounded(20, at_least=1)
     nredo: int = bounded(1, at_least=1)  # runs from other random starts; the best objective wins
     seed: int = 0
@@ -36,6 +37,13 @@ class KMeansConfig:
     # would drop the rest without a word); null trains on every point, in one process
     max_points_per_centroid: int | None = bounded(256, at_least=1)
     use_gpu: bool = True
+    # a pool of n is cut into at most n // this many clusters: k is sized to a small pool
+    min_cluster_size: int = bounded(8, at_least=1)
+
+    def clusters_for(self, n: int) -> int:
+        """How many clusters a pool of ``n`` is cut into: ``k``, or fewer where the pool
+        cannot fill ``k`` clusters of ``min_cluster_size``."""
+        return max(1, min(self.k, n // self.min_cluster_size))
 
     def sample_size(self, n: int) -> int:
         """Points the centroids of a pool of ``n`` are trained on."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +130,24 @@ def write_lvd_manifest(
             before_cap = len(np.unique(found.pool_rows))
         else:
             seed_ids, seeds = store.read()
-            clusters = clusters or cluster_pool(pool, config.kmeans, work, runner, progress)
-            found, before_cap = sample_clusters(clusters, seeds, plan, rng)
+            clusters = clusters or cluster_pool(pool, _sized(config.kmeans, len(pool)), work,
+                                                runner, progress)  # fmt: skip
+            found, before_cap, most = sample_clusters(clusters, seeds, plan, rng)
+            if not before_cap:
+                entry["note"] = (
+                    f"no cluster holds more than min_seeds={plan.min_seeds} of its "
+                    f"{len(seed_ids)} seed images (at most {most} in one of "
+                    f"{len(clusters.centroids)} clusters): lower min_seeds or kmeans.k"
+                )
+                log.warning("seed set %s (cluster): nothing retrieved; %s", plan.name,
+                            entry["note"])  # fmt: skip
         retrieved[plan.name] = (plan.method, found)
         entry |= {"seed_images": len(seed_ids), "retrieved": before_cap,
                   "after_cap": len(np.unique(found.pool_rows))}  # fmt: skip
         table15.append(entry)
+    if not any(entry["after_cap"] for entry in table15):
+        raise ManifestError(f"retrieve: no image retrieved for any seed set of {len(pool)} "
+                            f"candidates ({'; '.join(_explain(e) for e in table15)})")  # fmt: skip
 
     merged = merge_provenance(retrieved).to_pylist()
     rows = [{"id": pool_ids[m["pool_row"]], **row_location(image_rows[pool_ids[m["pool_row"]]]),
@@ -144,9 +156,25 @@ def write_lvd_manifest(
     rows = [portable_location(r, lvd.root, root) for r in _merge_by_id(rows + as_is)]
     table = pa.Table.from_pylist(rows, schema=LVD.arrow)
     lvd.write_table(table, config.rows_per_shard)
-    stats = {"images": table.num_rows, "candidates": len(pool), "seed_sets": table15}
+    stats = {"images": table.num_rows, "candidates": len(pool), "seed_sets": table15,
+             "kmeans": {"k": config.kmeans.k, "clusters": len(clusters.centroids)}
+             if clusters is not None else None}  # fmt: skip
     write_bytes_atomic(Path(out) / "retrieval_stats.json", json.dumps(stats, indent=1).encode())
     return stats
+
+
+def _sized(config: KMeansConfig, n: int) -> KMeansConfig:
+    """``config`` with k sized to a pool of ``n`` (said in a warning when it is cut)."""
+    k = config.clusters_for(n)
+    if k < config.k:
+        log.warning("kmeans.k=%d: a pool of %d candidates fills %d clusters of "
+                    "kmeans.min_cluster_size=%d at most; clustering into %d", config.k, n, k,
+                    config.min_cluster_size, k)  # fmt: skip
+    return replace(config, k=k)
+
+
+def _explain(entry: dict[str, Any]) -> str:
+    return f"{entry['seed_set']} ({entry['method']}): {entry.get('note', 'none retrieved')}"
 
 
 def _merge_by_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

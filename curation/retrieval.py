@@ -158,9 +158,10 @@ def assign_shard(
 
 def sample_clusters(
     clusters: PoolClusters, seeds: np.ndarray, plan: SeedSetPlan, rng: np.random.Generator
-) -> tuple[Candidates, int]:
+) -> tuple[Candidates, int, int]:
     """Pool images of the clusters with more than ``min_seeds`` seeds, ``per_cluster`` each
-    and ``cap`` in all; also returns the count before the cap. Similarity: to the centroid."""
+    and ``cap`` in all; also returns the count before the cap and the most seeds any one
+    cluster holds. Similarity: to the centroid."""
     centroid_index = build_search_index(clusters.centroids, SearchConfig(exact_max=2**62))
     _, nearest = search(centroid_index, seeds, 1)
     seeds_per_cluster = np.bincount(nearest[:, 0], minlength=len(clusters.centroids))
@@ -176,8 +177,9 @@ def sample_clusters(
     before_cap = len(rows)
     if len(rows) > plan.cap:
         rows = np.sort(rng.choice(rows, size=plan.cap, replace=False))
-    return Candidates(rows, [None] * len(rows), clusters.similarity[rows],
-                      clusters.assignment[rows]), before_cap  # fmt: skip
+    found = Candidates(rows, [None] * len(rows), clusters.similarity[rows],
+                       clusters.assignment[rows])  # fmt: skip
+    return found, before_cap, int(seeds_per_cluster.max())
 
 
 def merge_provenance(per_set: dict[str, tuple[str, Candidates]]) -> pa.Table:

@@ -10,6 +10,7 @@ retrieve (the LVD manifest) -> report. Each writes ``DIR/<stage>/`` and, when fi
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -172,7 +173,8 @@ def retrieve(b: Build) -> dict[str, Any]:
 
 
 def report(b: Build) -> dict[str, Any]:
-    return {"report": str(write_report(b))}
+    recipe = json.loads(json.dumps(asdict(b.config), default=str))
+    return {"report": str(write_report(b, [s.name for s in STAGES], recipe))}
 
 
 @dataclass(frozen=True)
@@ -189,9 +191,11 @@ def _describe_crawl(s: dict[str, Any]) -> str:
     return f"{s['urls']:,} URLs: {s['ok']:,} images, {s['urls'] - s['ok']:,} failed"
 
 
-def _describe_funnel(s: dict[str, Any], levels: tuple[str, ...]) -> str:
+def _describe_funnel(s: dict[str, Any], levels: dict[str, str]) -> str:
+    """``levels``: funnel key -> what the line calls it (the report's funnel, the same)."""
     f = s["funnel"]
-    return f"{f['raw']:,} images" + "".join(f" -> {f[f'after_{k}']:,} after {k}" for k in levels)
+    return f"{f['raw']:,} images" + "".join(f" -> {f[f'after_{k}']:,} after {name}"
+                                            for k, name in levels.items())  # fmt: skip
 
 
 def _describe_safety(s: dict[str, Any]) -> str:
@@ -216,14 +220,15 @@ STAGES = (
           _describe_crawl),
     Stage("hash", hash_, ("crawl",),  # copy settings are the dedup stage's
           lambda c, src: {k: v for k, v in asdict(c.dedup).items() if k != "copy"},
-          lambda s: _describe_funnel(s, ("exact", "hash"))),
+          lambda s: _describe_funnel(s, {"exact": "exact", "hash": "near-exact hash"})),
     Stage("safety", safety, ("hash",), lambda c, src: asdict(c.safety), _describe_safety),
     Stage("embed_pool", embed_pool, ("safety",),
           lambda c, src: {"model": c.model, "copy_model": c.copy_model, "embed": asdict(c.embed)},
           _describe_embedded),
     Stage("dedup", dedup, ("hash", "embed_pool"),
           lambda c, src: {"dedup": asdict(c.dedup), "evaluation_sets": src.of(c.evaluation_sets)},
-          lambda s: _describe_funnel(s, ("copy", "relative"))),
+          lambda s: _describe_funnel(s, {"hash": "hash (confirmed)", "copy": "copy",
+                                         "relative": "relative"})),
     Stage("embed_seeds", embed_seeds, (),
           lambda c, src: {"seed_sets": [asdict(p) for p in c.seed_sets], "model": c.model,
                           "sources": src.of([p.name for p in c.seed_sets]),

@@ -12,10 +12,12 @@ import io
 import json
 import logging
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
+import yaml
 from PIL import Image
 
 from manifests.atomic import write_bytes_atomic
@@ -40,6 +42,9 @@ figure{margin:0;text-align:center;font-size:11px;color:#555}
 figure img{display:block;border:3px solid transparent;max-width:112px;max-height:112px}
 figure.keep img{border-color:#2a9d4a}figure.seed img{border-color:#d08a2a}
 .label{min-width:9em;font-size:12px;color:#555}
+.withheld{width:106px;height:106px;border:3px solid #bbb;background:#eee;font-size:11px;
+display:flex;align-items:center;justify-content:center}
+pre{background:#f6f6f6;padding:.8em;font-size:12px;overflow:auto;max-height:30em}
 """
 
 
@@ -86,13 +91,15 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def _funnel(build: BuildLayout) -> str:
     crawl = _json(build.crawl_stats)
     dedup = _json(build.dedup_stats).get("funnel", {})
-    curated = _json(build.retrieval_stats).get("images")
+    retrieval = _json(build.retrieval_stats)
     steps = [("URLs", crawl.get("urls")), ("downloaded", crawl.get("ok")),
              ("after exact dedup", dedup.get("after_exact")),
-             ("after hash dedup", dedup.get("after_hash")),
+             ("after hash dedup (pairs confirmed by descriptors)", dedup.get("after_hash")),
              ("after copy dedup", dedup.get("after_copy")),
              ("after relative dedup", dedup.get("after_relative")),
-             ("curated (LVD manifest)", curated)]  # fmt: skip
+             ("after safety (NSFW and unreadable dropped): candidates",
+              retrieval.get("candidates")),
+             ("curated (LVD manifest)", retrieval.get("images"))]  # fmt: skip
     top = max((n for _, n in steps if n), default=1)
     rows = [[name, "-" if n is None else f"{n:,}",
              f'<span class="bar" style="width:{300 * (n or 0) / top:.0f}px"></span>']
@@ -118,10 +125,15 @@ def _safety(build: BuildLayout, thumbs: _Thumbs) -> str:
 
 
 def _table15(build: BuildLayout) -> str:
-    stats = _json(build.retrieval_stats).get("seed_sets", [])
+    stats = _json(build.retrieval_stats)
     rows = [[html.escape(s["seed_set"]), s["method"], f"{s['seed_images']:,}",
-             f"{s['retrieved']:,}", f"{s['after_cap']:,}"] for s in stats]  # fmt: skip
-    return _table(["seed set", "method", "seed images", "retrieved", "after cap"], rows)
+             f"{s['retrieved']:,}", f"{s['after_cap']:,}", html.escape(s.get("note", ""))]
+            for s in stats.get("seed_sets", [])]  # fmt: skip
+    kmeans = stats.get("kmeans")
+    sized = (f"<p>k-means: {kmeans['clusters']:,} clusters (kmeans.k = {kmeans['k']:,}, sized "
+             "to the pool)</p>" if kmeans and kmeans["clusters"] < kmeans["k"] else "")  # fmt: skip
+    return _table(["seed set", "method", "seed images", "retrieved", "after cap", "note"],
+                  rows) + sized  # fmt: skip
 
 
 def _duplicate_groups(build: BuildLayout, thumbs: _Thumbs) -> str:
@@ -142,10 +154,19 @@ def _duplicate_groups(build: BuildLayout, thumbs: _Thumbs) -> str:
         figs = [thumbs.figure(shown_as.get(r["exact_group"], r["id"]),
                               "kept" if r["keep"] else (r["reason"] or ""),
                               "keep" if r["keep"] else "")
+                if r["exact_group"] in shown_as else _withheld(r)
                 for r in group[:PER_GROUP]]  # fmt: skip
         parts.append(f'<div class="row"><span class="label">{len(group)} images</span>'
                      f"{''.join(figs)}</div>")  # fmt: skip
     return "".join(parts) or "<p>No duplicate groups.</p>"
+
+
+def _withheld(row: dict[str, Any]) -> str:
+    """A group member the safety stage dropped (NSFW or unreadable): never shown."""
+    return (
+        '<figure><div class="withheld">not shown: dropped by the safety stage</div>'
+        f"<figcaption>{html.escape(row['reason'] or '')}</figcaption></figure>"
+    )
 
 
 def _lvd_rows(build: BuildLayout) -> list[dict[str, Any]]:
@@ -153,7 +174,7 @@ def _lvd_rows(build: BuildLayout) -> list[dict[str, Any]]:
     return read_manifest([files], LVD).to_pylist() if files.is_dir() else []
 
 
-def _clusters(lvd: list[dict[str, Any]], thumbs: _Thumbs) -> str:
+def _clusters(lvd: list[dict[str, Any]], thumbs: _Thumbs, build: BuildLayout) -> str:
     clusters: dict[int, list[str]] = defaultdict(list)
     for row in lvd:
         if row["cluster"] is not None:
@@ -162,7 +183,14 @@ def _clusters(lvd: list[dict[str, Any]], thumbs: _Thumbs) -> str:
     parts = [f'<div class="row"><span class="label">cluster {c} ({len(ids)} images)</span>'
              + "".join(thumbs.figure(i) for i in ids[:PER_GROUP]) + "</div>"
              for c, ids in largest]  # fmt: skip
-    return "".join(parts) or "<p>No seed set used the cluster method.</p>"
+    if parts:
+        return "".join(parts)
+    notes = [f"{s['seed_set']}: {s.get('note', 'nothing retrieved')}"
+             for s in _json(build.retrieval_stats).get("seed_sets", [])
+             if s["method"] == "cluster"]  # fmt: skip
+    if notes:
+        return "<p>The cluster method retrieved no image: " + html.escape("; ".join(notes)) + "</p>"
+    return "<p>No seed set used the cluster method.</p>"
 
 
 def _retrieval_examples(lvd: list[dict[str, Any]], thumbs: _Thumbs) -> str:
@@ -175,13 +203,36 @@ def _retrieval_examples(lvd: list[dict[str, Any]], thumbs: _Thumbs) -> str:
     for seed, rows in sorted(by_seed.items())[:GROUPS]:
         rows = sorted(rows, key=lambda r: -(r["best_similarity"] or 0))[:PER_GROUP]
         figs = [thumbs.figure(r["id"], f"{r['best_similarity'] or 0:.2f}") for r in rows]
-        parts.append(f'<div class="row">{thumbs.figure(seed, "seed", "seed")}'
-                     f"{''.join(figs)}</div>")  # fmt: skip
+        seed_set = seed.split(":", 1)[0]  # seed ids are <seed set>:<image>
+        parts.append(f'<div class="row"><span class="label">{html.escape(seed_set)}</span>'
+                     f'{thumbs.figure(seed, "seed", "seed")}{"".join(figs)}</div>')  # fmt: skip
     return "".join(parts) or "<p>No seed set used the sample method.</p>"
 
 
-def write_report(build: BuildLayout) -> Path:
-    """Write the build's report page from its stage outputs; returns its path."""
+def _about(build: BuildLayout, stages: list[str], recipe: dict[str, Any] | None) -> str:
+    """When the report was written, each stage's status and time, and the recipe."""
+    rows = []
+    for stage in stages:
+        marker = _json(build.dir(stage) / "stage.json")
+        rows.append(
+            [
+                stage,
+                marker.get("engine", "-"),
+                f"{marker['seconds']:.1f}" if "seconds" in marker else "not finished",
+            ]
+        )
+    written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = yaml.safe_dump(recipe, sort_keys=False) if recipe is not None else "(not recorded)"
+    return (f"<p>Report written {written}.</p>"
+            + _table(["stage", "engine", "seconds"], rows)
+            + f"<h3>Recipe</h3><pre>{html.escape(text)}</pre>")  # fmt: skip
+
+
+def write_report(
+    build: BuildLayout, stages: list[str] = (), recipe: dict[str, Any] | None = None
+) -> Path:
+    """Write the build's report page from its stage outputs (with the times of ``stages``
+    and the ``recipe`` it was built with); returns its path."""
     seed_manifests = sorted(build.seed_manifests.glob("*.parquet"))
     # pool images as the safety stage left them: an exact duplicate, which it did not
     # check, is shown as the checked member of its exact group (the same bytes)
@@ -193,9 +244,10 @@ def write_report(build: BuildLayout) -> Path:
          _safety(build, thumbs)),
         ("Seed sets (as the paper's Table 15)", _table15(build)),
         ("Duplicate groups (green: the image kept)", _duplicate_groups(build, thumbs)),
-        ("Sample clusters", _clusters(lvd, thumbs)),
+        ("Sample clusters", _clusters(lvd, thumbs, build)),
         ("Retrieval examples (orange: the seed image; captions: cosine)",
          _retrieval_examples(lvd, thumbs)),
+        ("Build: stages, times and recipe", _about(build, list(stages), recipe)),
     ]  # fmt: skip
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
     name = html.escape(str(build.out))

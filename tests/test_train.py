@@ -149,6 +149,18 @@ def test_a_run_that_cannot_read_its_images_fails_and_writes_no_weights(manifest,
     assert not (tmp_path / "run" / "teacher_backbone.pth").exists()
 
 
+def test_a_manifest_smaller_than_one_batch_is_one_line_naming_the_batch_size(
+    manifest, tmp_path, capsys
+):
+    args = ["--config", "configs/train/tiny_cpu.yaml", "--manifest", str(manifest),
+            "--output-dir", str(tmp_path / "run"), "--no-progress", *OVERRIDES,
+            "data.batch_size=16"]  # fmt: skip
+    assert trainer.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("error: 8 images cannot fill one batch of data.batch_size=16 on 1 rank(s): "
+                       "set data.batch_size to at most 8 or train on more images")  # fmt: skip
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(manifest, tmp_path, signum):
     run = tmp_path / "run"

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from manifests.config import ConfigError
+
 Item = tuple[int, int]  # (dataset index, sample seed)
 
 
@@ -27,8 +29,10 @@ class StreamBatchSampler(Sampler[list[Item]]):
         start_batch: int = 0,
     ) -> None:
         if dataset_size < batch_size * world_size:
-            raise ValueError(
-                f"{dataset_size} images cannot fill one batch of {batch_size} on {world_size} ranks"
+            raise ConfigError(
+                f"{dataset_size} images cannot fill one batch of data.batch_size={batch_size} "
+                f"on {world_size} rank(s): set data.batch_size to at most "
+                f"{max(dataset_size // world_size, 1)} or train on more images"
             )
         self.n, self.batch, self.seed = dataset_size, batch_size, seed
         self.rank, self.world, self.start = rank, world_size, start_batch

@@ -37,12 +37,14 @@ from manifests.parquet_io import read_manifest, write_image_manifest
 from manifests.schemas import DEDUP, HASHES, LVD, POOL, SAFETY
 from pipelines import build_lvd as cli
 from pipelines.build import MissingStageError, run_build
+from pipelines.build_layout import BuildLayout
 from pipelines.curation_config import CurationConfig
 from pipelines.demo.run import demo_web
 from pipelines.engines.local import LocalEngine
-from pipelines.lvd_stages import STAGE_NAMES, Build, Sources
+from pipelines.lvd_stages import STAGE_NAMES, STAGES, Build, Sources
 from training.data.dataset import ManifestImageDataset
 
+STAGES_BY_NAME = {s.name: s for s in STAGES}
 N_PHOTOS = 96  # + their copies: enough for the PCA hash, several shards per stage
 
 
@@ -118,6 +120,35 @@ def test_demo_build_runs_every_stage_and_reconciles(web, local_build):
     assert max(r["best_similarity"] for r in sample) > 0.9
     dataset = ManifestImageDataset.from_manifests([out / "retrieve" / "lvd"])
     assert all(dataset[i] is not None for i in range(len(dataset)))  # the trainer reads it
+
+
+def test_the_report_tells_the_whole_funnel_the_recipe_and_what_it_withholds(web, local_build):
+    from pipelines.report import _duplicate_groups, _rows_by_id, _Thumbs
+
+    _, config = web
+    out, results = local_build
+    page = (out / "report.html").read_text()
+    summary = {r.stage: r.summary for r in results}
+    candidates = summary["retrieve"]["candidates"]
+    assert re.search(rf"after safety \(NSFW and unreadable dropped\): candidates</td><td>"
+                     rf"{candidates}</td>", page)  # fmt: skip
+    after_hash = summary["dedup"]["funnel"]["after_hash"]
+    assert f"-> {after_hash:,} after hash (confirmed)" in STAGES_BY_NAME["dedup"].describe(
+        summary["dedup"]
+    )
+    assert f"confirmed by descriptors)</td><td>{after_hash}</td>" in page  # console == report
+    assert "Report written 20" in page and "<td>embed_pool</td><td>local</td>" in page
+    assert f"k: {config.kmeans.k}" in page  # the recipe
+    assert '<span class="label">demo_sample</span>' in page  # retrieval rows name their set
+    build = BuildLayout(out)
+    dedup = dedup_table(out).to_pylist()
+    groups = Counter(r["copy_component"] for r in dedup)
+    member = next(r for r in dedup if groups[r["copy_component"]] > 1)
+    hidden = {
+        i: r for i, r in _rows_by_id([build.safe_manifest]).items() if i != member["id"]
+    }  # as if the safety stage had dropped it as NSFW
+    shown = _duplicate_groups(build, _Thumbs(hidden))
+    assert "not shown: dropped by the safety stage" in shown
 
 
 def test_the_build_dedups_like_the_standalone_commands(web, local_build, tmp_path):

@@ -203,3 +203,28 @@ def test_merged_provenance_lists_seed_sets_in_the_recipes_order_every_time():
         assert merged.column("pool_row").to_pylist() == rows.tolist()
         assert set(map(tuple, merged.column("seed_sets").to_pylist())) == {("first", "second")}
         assert set(map(tuple, merged.column("methods").to_pylist())) == {("sample", "cluster")}
+
+
+def test_k_is_sized_to_a_small_pool_and_a_cluster_set_that_gets_nothing_says_why(world, caplog):
+    vectors, labels = world["vectors"], world["labels"]
+    seeds = _unit(vectors[labels == 2][:6] + 0.02)
+    near = _seed_set(world, "near", seeds[:2], method="sample", k=2)
+    hopeless = _seed_set(world, "clus", seeds, method="cluster", min_seeds=50)
+    kmeans = KMeansConfig(k=10_000, niter=5)  # the local recipe's k is far above this pool
+    candidates = len(world["ids"]) - len(world["dropped"])
+    config = RetrievalConfig(pool=world["pool"], seed_sets=[near, hopeless], kmeans=kmeans)
+    stats = write_lvd_manifest(config, world["root"] / "out")
+    assert stats["kmeans"] == {"k": 10_000, "clusters": candidates // kmeans.min_cluster_size}
+    assert "kmeans.k=10000: a pool of 360 candidates fills 45 clusters" in caplog.text
+    clus = {e["seed_set"]: e for e in stats["seed_sets"]}["clus"]
+    assert clus["after_cap"] == 0
+    assert clus["note"].startswith("no cluster holds more than min_seeds=50 of its 6 seed images")
+    config.seed_sets = [hopeless]
+    with pytest.raises(
+        ManifestError,
+        match=r"no image retrieved for any seed set of 360 "
+        r"candidates \(clus \(cluster\): no cluster holds",
+    ):
+        write_lvd_manifest(config, world["root"] / "out2")
+    with pytest.raises(ConfigError, match="kmeans.k: expected at least 1 and at most 1000000000"):
+        load_config(RetrievalConfig, None, ["kmeans.k=1000000000000000000000000"])

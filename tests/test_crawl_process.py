@@ -14,7 +14,7 @@ from PIL import Image
 from builders import jpeg_with_orientation, png_declaring
 from curation.crawl.config import ProcessConfig
 from curation.crawl.errors import CrawlError, ErrorCode
-from curation.crawl.process import process_image
+from curation.crawl.process import MATTE, process_image
 from pipelines.demo.synthetic_images import encode, make_photo
 
 
@@ -64,27 +64,49 @@ def test_exif_orientation_is_applied(orientation, size):
 
 
 def test_modes_convert_to_rgb():
+    uniform = ProcessConfig(min_pixel_std=0)  # one-colour images are refused by default
     grad16 = (np.linspace(0, 65535, 128 * 128).reshape(128, 128)).astype(np.uint16)
     out = _decode(process_image(encode(grad16, "PNG"), ProcessConfig()).data)
     assert out[0, 0].mean() < 3 and out[-1, -1].mean() > 250  # 16-bit scaled, not clipped
     assert abs(out[64, 64].mean() - 128) < 6
 
-    rgba = np.zeros((100, 100, 4), np.uint8)  # fully transparent black: white after compositing
-    out = _decode(process_image(encode(rgba, "PNG"), ProcessConfig()).data)
-    assert out.mean() > 250
+    rgba = np.zeros((100, 100, 4), np.uint8)  # fully transparent: the matte colour
+    out = _decode(process_image(encode(rgba, "PNG"), uniform).data)
+    assert np.abs(out.mean(axis=(0, 1)) - MATTE[:3]).max() < 3
 
     cmyk = Image.new("CMYK", (100, 100), (0, 255, 255, 0))  # pure red
     buf = io.BytesIO()
     cmyk.save(buf, "JPEG")
-    out = _decode(process_image(buf.getvalue(), ProcessConfig()).data)
+    out = _decode(process_image(buf.getvalue(), uniform).data)
     assert out[..., 0].mean() > 200 and out[..., 1].mean() < 50
 
     palette = Image.new("P", (100, 100), 0)
     palette.putpalette([0, 0, 255] + [0] * 765)
     buf = io.BytesIO()
     palette.save(buf, "PNG")
-    out = _decode(process_image(buf.getvalue(), ProcessConfig()).data)
+    out = _decode(process_image(buf.getvalue(), uniform).data)
     assert out[..., 2].mean() > 200 and out[..., 0].mean() < 50
+
+
+def test_transparent_images_keep_what_they_show_and_blank_ones_are_refused():
+    """Seven wallpapers whose alpha fades them out: over white they all came out white;
+    over the matte they stay seven different images."""
+    stored = []
+    for i in range(7):
+        rgba = np.dstack([make_photo(i, 160, 120), np.full((120, 160), 40, np.uint8)])
+        rgba[:, :80, 3] = 0  # the left half fully transparent
+        out = process_image(encode(rgba, "PNG"), ProcessConfig())
+        stored.append(_decode(out.data))
+    assert all(np.abs(s[:, :70] - MATTE[:3]).max() < 8 for s in stored)  # the matte shows
+    right = [s[:, 90:].mean(axis=2) for s in stored]
+    assert min(np.abs(a - b).mean() for i, a in enumerate(right) for b in right[i + 1 :]) > 2
+    hidden = np.dstack([make_photo(1, 160, 120), np.zeros((120, 160), np.uint8)])
+    with pytest.raises(CrawlError, match=r"near-constant image: pixel standard deviation 0.00 "
+                                         r"< process.min_pixel_std 2.0"):  # fmt: skip
+        process_image(encode(hidden, "PNG"), ProcessConfig())  # transparent everywhere
+    noise = np.random.default_rng(0).integers(-1, 2, (120, 160, 1))
+    blank = (250 + noise).repeat(3, axis=2).astype(np.uint8)  # white, with a little noise
+    assert _refused(encode(blank)) == ErrorCode.NEAR_CONSTANT
 
 
 def test_refusals():

@@ -43,6 +43,9 @@ class ProcessConfig:
     # resize (keeping aspect) only if the long side is larger
     max_side: int = bounded(1024, at_least=1)
     jpeg_quality: int = bounded(95, at_least=1, at_most=100)
+    # an image whose pixels vary less than this (standard deviation of 0-255 values, the
+    # most varied channel) is refused as near-constant: blank, or transparent everywhere
+    min_pixel_std: float = bounded(2.0, at_least=0)
 
 
 @dataclass

@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     DECODE_ERROR = "decode_error"  # an image format, but truncated or corrupt
     TOO_SMALL = "too_small"  # shorter side below the minimum
     BAD_ASPECT = "bad_aspect"  # long side / short side above the maximum
+    NEAR_CONSTANT = "near_constant"  # (almost) one colour: blank, or transparent everywhere
     INTERNAL = "internal"  # an unexpected exception; the message says which
 
 

@@ -106,6 +106,7 @@ def process_image(data: bytes, config: ProcessConfig) -> ProcessedImage:
     else:
         bgr = cv2.cvtColor(_decode_with_pillow(image, orientation), cv2.COLOR_RGB2BGR)
     resized = _resize(bgr, config.max_side)
+    _check_variation(resized, config.min_pixel_std)
     if plain_jpeg and image.mode == "RGB" and resized.shape[:2] == (height, width):
         stored = data  # nothing changed: keep the original bytes
     else:
@@ -147,6 +148,14 @@ def _check_shape(width: int, height: int, config: ProcessConfig) -> None:
         )
 
 
+def _check_variation(pixels: np.ndarray, min_std: float) -> None:
+    """Refuse a (nearly) one-colour image; measured on every 4th pixel of each 4th row."""
+    std = float(pixels[::4, ::4].reshape(-1, pixels.shape[-1]).std(axis=0).max())
+    if std < min_std:
+        raise CrawlError(ErrorCode.NEAR_CONSTANT, f"near-constant image: pixel standard "
+                         f"deviation {std:.2f} < process.min_pixel_std {min_std}")  # fmt: skip
+
+
 def _decode_jpeg(data: bytes, long_side: int, max_side: int) -> np.ndarray:
     """BGR pixels of a plain JPEG, DCT-reduced by the largest factor that keeps ``max_side``.
 
@@ -171,8 +180,14 @@ def _decode_with_pillow(image: Image.Image, orientation: int) -> np.ndarray:
     return to_rgb_array(image)
 
 
+# transparent pixels show this colour: the ImageNet mean, which a model's normalisation
+# maps to zero (white, as a browser shows them, made transparent images look alike)
+MATTE = (124, 116, 104, 255)
+
+
 def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """HxWx3 uint8 RGB from any mode: palette, alpha (over white), CMYK, 16-bit, float."""
+    """HxWx3 uint8 RGB from any mode: palette, alpha (composited over :data:`MATTE`),
+    CMYK, 16-bit, float."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         a = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
@@ -182,7 +197,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background = Image.new("RGBA", rgba.size, MATTE)
         image = Image.alpha_composite(background, rgba)
     if image.mode != "RGB":
         image = image.convert("RGB")

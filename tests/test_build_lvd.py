@@ -376,8 +376,16 @@ def test_clear_errors_for_bad_inputs(web, tmp_path, capsys):
     err = build("--config", str(path), "--seed-root", f"demo_sample={tmp_path / 'gone'}",
                 "--seed-sets", "demo_sample", "--set", "evaluation_sets=[]")  # fmt: skip
     assert f"{tmp_path / 'gone'} does not exist; expected ROOT/<class>/*.jpg" in err
-    (tmp_path / "empty.txt").write_text("\n")
+    flat = tmp_path / "flat"  # images straight in the root, no class folders
+    flat.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(next(Path(config.seeds.roots["demo_sample"]).rglob("*.jpg")), flat / name)
     path.write_text(yaml.safe_dump(recipe))
+    err = build("--config", str(path), "--seed-root", f"demo_sample={flat}")
+    assert (f"seed set demo_sample: no images under {flat} (found 2 images directly in it, "
+            "outside any folder); expected ROOT/<class>/*.jpg") in err  # fmt: skip
+    assert not (tmp_path / "out" / "crawl").exists()  # checked before any stage ran
+    (tmp_path / "empty.txt").write_text("\n")
     err = build("--config", str(path), "--urls", str(tmp_path / "empty.txt"))
     assert "empty.txt" in err and "no URLs in the inputs" in err
     err = build("--config", str(path), "--stages", "retrieve")

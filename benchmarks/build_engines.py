@@ -19,13 +19,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from manifests.config import describe
+
 
 def main() -> None:
     from pipelines.build import run_build  # noqa: PLC0415 - see the module doc
     from pipelines.demo import demo_web  # noqa: PLC0415
     from pipelines.engines import make_engine  # noqa: PLC0415
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--photos", type=int, default=400)
     p.add_argument("--engines", default="local,ray,beam")
     args = p.parse_args()

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from curation.crawl.config import ProcessConfig
 from curation.crawl.process import init_worker, process_image
+from manifests.config import describe
 from pipelines.apt import apt_install
 from pipelines.demo.loopback_web import serve_in_process
 from pipelines.demo.synthetic_images import encode, make_photo
@@ -213,7 +214,7 @@ def _settle(stale_output: Path | None = None) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs; medians reported")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-crawl"))

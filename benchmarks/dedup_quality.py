@@ -32,7 +32,7 @@ from PIL import Image
 
 from curation.dedup.stage import hash_and_dedup
 from curation.embed import embed_manifests, load_embedder
-from manifests.config import load_config
+from manifests.config import describe, load_config
 from manifests.parquet_io import read_manifest
 from manifests.schemas import DEDUP, POOL
 from pipelines.build import run_build
@@ -186,7 +186,7 @@ def routes(args, workdir: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--seed", type=int, default=0, help="which images are bases, and the edits")
     p.add_argument("--bases", type=int, default=120)
     p.add_argument("--copies", type=int, default=3, help="edited copies per base")

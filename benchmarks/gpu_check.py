@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from manifests.config import load_config
+from manifests.config import describe, load_config
 from training.config import TrainConfig
 from training.layers import attention as attention_module
 from training.layers.attention import Attention
@@ -170,7 +170,7 @@ def check_faiss(quick: bool) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     p.add_argument("--steps", type=int, default=3, help="timed train steps per variant")
     args = p.parse_args()

@@ -21,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+from manifests.config import describe
 from manifests.inventory import CHUNK, find_damage, take_inventory
 
 
@@ -49,7 +50,7 @@ def _best(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--mb", type=int, default=1024)
     p.add_argument("--files", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from manifests.config import describe
+
 TOPICS = 1000
 GROUP = 3  # vectors per planted copy group
 THRESHOLD = 0.9  # cosine of a copy edge here (synthetic: copies > 0.99, topics ~0.4)
@@ -231,7 +233,7 @@ def make_runner(engine: str):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--sizes", default="1e5,1e6,1e7")
     p.add_argument("--engines", default="local,ray")
     p.add_argument("--ray-max", type=float, default=1e6, help="largest size run on Ray")

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from manifests.config import describe
 from pipelines.demo.synthetic_images import make_photo
 
 METHODS = {
@@ -51,7 +52,7 @@ def measure(pixels: np.ndarray, size: tuple[int, int], repeats: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--repeats", type=int, default=200)
     args = p.parse_args()
     cv2.setNumThreads(1)

@@ -26,6 +26,7 @@ from curation.index import (
     kmeans,
     search,
 )
+from manifests.config import describe
 from training.models import build_vit
 
 
@@ -59,7 +60,7 @@ def vit_throughput(batch: int = 32, batches: int = 3) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--queries", type=int, default=100_000)

@@ -44,6 +44,7 @@ from PIL import Image
 from curation.safety.blur import blur_boxes
 from curation.safety.detector import Detections, DetectorConfig, SafetyDetector
 from curation.safety.stage import SafetyConfig, check_pool
+from manifests.config import describe
 from manifests.parquet_io import write_image_manifest
 from pipelines.demo.photos import ensure_packages, real_photos
 
@@ -201,7 +202,7 @@ def _numbers(text: str, kind: type) -> list:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lvd-safety")
     p.add_argument("--sides", default="320,640")

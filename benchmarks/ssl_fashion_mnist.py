@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from manifests.config import load_config
+from manifests.config import describe, load_config
 from manifests.image_shards import ImageShardWriter
 from pipelines.apt import apt_install
 from training.config import TrainConfig
@@ -174,7 +174,7 @@ def compute_profile(config: TrainConfig, manifest: Path, steps: int = 6) -> dict
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-fmnist"))
     p.add_argument("--knn-every", type=float, help="minutes between k-NN measurements")

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from manifests.config import describe
 from training.models.config import BackboneConfig, build_backbone
 
 
@@ -85,7 +86,7 @@ def train_step(model: DINO, criterion: DINOLoss, optimizer, views, momentum: flo
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--data", type=Path, required=True, help="npz with train_images")
     p.add_argument("--recipe", type=json.loads, required=True,
                    help="backbone, head, crops, batch_size, num_workers as JSON")  # fmt: skip

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from manifests.config import describe
 from training.models.config import BackboneConfig
 from training.ssl_meta_arch import SSLConfig, SSLMetaArch
 
@@ -67,7 +68,7 @@ def run_variant(name: str, steps: int, batch: int, device: str, out) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

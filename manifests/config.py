@@ -185,6 +185,13 @@ def add_config_arguments(
     parser.set_defaults(config_shorthands=shorthands or {})
 
 
+def describe(doc: str | None) -> str:
+    """A command's ``--help`` description from its module's docstring: the first paragraph
+    that is not the usage line (``CLI: ...``, which argparse prints itself), in one line."""
+    paragraphs = [p for p in (doc or "").strip().split("\n\n") if not p.startswith("CLI:")]
+    return " ".join(paragraphs[0].split()) if paragraphs else ""
+
+
 def config_from_arguments(cls: type[T], args: argparse.Namespace, overrides: list[str] = ()) -> T:
     """The config that :func:`add_config_arguments`' arguments give: the YAML file, then
     the shorthand flags and ``overrides`` (a command's other flags), then ``--set``."""

@@ -9,12 +9,14 @@ the manifest is read. Every stage and the trainer read images through this modul
 
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from PIL import Image, UnidentifiedImageError
 
 from manifests.crawl_output import CrawlOutput
 from manifests.errors import ManifestError
@@ -112,3 +114,18 @@ class ImageBytesReader:
             if shard is None:
                 shard = self._shards[row["source"]] = ImageShardReader(row["source"])
         return shard.read_image(row["key"])
+
+
+class UnreadableImageError(ValueError):
+    """Bytes that no image decoder of Pillow's reads (the caller names their row)."""
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Pillow's image of encoded bytes; bytes it cannot identify raise
+    :class:`UnreadableImageError` saying what they start with (Pillow's own message names
+    only an in-memory buffer's address)."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise UnreadableImageError(f"not an image Pillow reads ({len(data):,} bytes, starting "
+                                   f"{data[:12]!r})") from None  # fmt: skip

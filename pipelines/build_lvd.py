@@ -37,16 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="build from a small web on loopback, train a few steps")  # fmt: skip
     p.add_argument("--seed-sets", help="comma-separated seed sets of the recipe to use")
-    p.add_argument("--seed-root", action="append", default=[], metavar="NAME=PATH")
+    p.add_argument("--seed-root", action="append", default=[], metavar="NAME=PATH",
+                   help="where a seed or evaluation set's images are (repeatable)")  # fmt: skip
     p.add_argument("--urls", nargs="+", metavar="PATH", help="replace the recipe's urls")
-    p.add_argument("--out", type=Path, metavar="DIR")
-    p.add_argument("--engine", default="local", choices=ENGINES)
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help=f"the build directory (default {DEFAULT_OUT}; with --demo {DEMO_OUT})",
+    )
+    p.add_argument("--engine", default="local", choices=ENGINES,
+                   help="where the shard tasks run: this machine, a Ray cluster, Apache Beam "
+                   "(default local)")  # fmt: skip
     p.add_argument("--ray-address", help="a running Ray cluster (auto under ray submit)")
     p.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
     p.add_argument("--verify", action="store_true",
                    help="check finished stages' checksums too, not only their sizes")  # fmt: skip
     add_network_arguments(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 

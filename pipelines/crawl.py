@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import InputError
 from curation.local_runner import start_worker_server
-from manifests.config import add_config_arguments, config_from_arguments
+from manifests.config import add_config_arguments, config_from_arguments, describe
 from pipelines.cli import USER_ERRORS, add_network_arguments, network_overrides, run_cli
 
 if TYPE_CHECKING:
@@ -44,9 +44,7 @@ _FLAG_KEYS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.crawl", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m pipelines.crawl", description=describe(__doc__))
     p.add_argument(
         "--urls",
         nargs="+",
@@ -54,10 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="URL lists (.txt .csv .tsv .jsonl .parquet), .html pages, .warc[.gz]",
     )
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the crawl directory (shards, pool manifest, stats; a rerun resumes it)",
+    )
     add_config_arguments(p, "a CrawlConfig YAML file", shorthands=_FLAG_KEYS)
     add_network_arguments(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 

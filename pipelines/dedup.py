@@ -16,21 +16,24 @@ import json
 import sys
 
 from curation.dedup.stage import DedupConfig, hash_and_dedup
-from manifests.config import ConfigError, add_config_arguments, config_from_arguments
+from manifests.config import ConfigError, add_config_arguments, config_from_arguments, describe
 from pipelines.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.dedup", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m pipelines.dedup", description=describe(__doc__))
     p.add_argument("--manifest", nargs="+", required=True, metavar="PATH", help="pool manifest(s)")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="where hashes, the dedup manifest and its stats go",
+    )
     p.add_argument("--embeddings", metavar="DIR", help="pool descriptors (pipelines.embed)")
     p.add_argument("--eval-embeddings", nargs="*", default=[], metavar="DIR",
                    help="descriptors of evaluation sets, same model as --embeddings")  # fmt: skip
     add_config_arguments(p, "a DedupConfig YAML file")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 

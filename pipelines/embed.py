@@ -12,7 +12,7 @@ import json
 import sys
 
 from curation.embed import EmbedConfig, embed_manifests, load_embedder
-from manifests.config import add_config_arguments, config_from_arguments
+from manifests.config import add_config_arguments, config_from_arguments, describe
 from pipelines.cli import run_cli
 
 # flag -> config key; each flag is a shorthand for --set KEY=VALUE
@@ -21,16 +21,22 @@ _FLAG_KEYS = {"rows_per_shard": "rows_per_shard", "batch_size": "batch_size",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.embed", description=__doc__.split("\n")[0]
+    p = argparse.ArgumentParser(prog="python -m pipelines.embed", description=describe(__doc__))
+    p.add_argument(
+        "--manifest",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="image manifests: a crawl pool, a seed set, an evaluation set",
     )
-    p.add_argument("--manifest", nargs="+", required=True, metavar="PATH")
     p.add_argument("--model", default="efficientnet_lite0", metavar="SPEC",
                    help="efficientnet_lite0 | vit:RUN_DIR | ARCH/PATCH:WEIGHTS.pth | "
                         "torchscript:PATH[@SIZE]")  # fmt: skip
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="the embedding store (a rerun resumes it)"
+    )
     add_config_arguments(p, "an EmbedConfig YAML file", shorthands=_FLAG_KEYS)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 

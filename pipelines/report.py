@@ -18,10 +18,9 @@ from typing import Any
 
 import pyarrow.compute as pc
 import yaml
-from PIL import Image
 
 from manifests.atomic import write_bytes_atomic
-from manifests.image_rows import ImageBytesReader, read_image_rows
+from manifests.image_rows import ImageBytesReader, open_image, read_image_rows
 from manifests.parquet_io import read_manifest
 from manifests.schemas import DEDUP, LVD, SAFETY
 from pipelines.build_layout import BuildLayout
@@ -65,7 +64,7 @@ class _Thumbs:
         img = ""
         if row is not None:
             try:
-                with Image.open(io.BytesIO(self.images.read(row))) as image:
+                with open_image(self.images.read(row)) as image:
                     image = image.convert("RGB")
                     image.thumbnail((THUMB, THUMB))
                     buf = io.BytesIO()

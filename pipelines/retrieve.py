@@ -13,16 +13,19 @@ import json
 import sys
 
 from curation.lvd_manifest import RetrievalConfig, write_lvd_manifest
-from manifests.config import add_config_arguments, config_from_arguments
+from manifests.config import add_config_arguments, config_from_arguments, describe
 from pipelines.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.retrieve", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m pipelines.retrieve", description=describe(__doc__))
     add_config_arguments(p, "a RetrievalConfig YAML file", required=True)
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="where the LVD manifest (DIR/lvd) and retrieval_stats.json go",
+    )
     return p
 
 

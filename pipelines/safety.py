@@ -16,7 +16,7 @@ import json
 import sys
 
 from curation.safety.stage import SafetyConfig, check_pool
-from manifests.config import add_config_arguments, config_from_arguments
+from manifests.config import add_config_arguments, config_from_arguments, describe
 from pipelines.cli import run_cli
 
 _FLAG_KEYS = {"rows_per_shard": "rows_per_shard", "batch_size": "batch_size",
@@ -24,14 +24,17 @@ _FLAG_KEYS = {"rows_per_shard": "rows_per_shard", "batch_size": "batch_size",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.safety", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m pipelines.safety", description=describe(__doc__))
     p.add_argument("--manifest", nargs="+", required=True, metavar="PATH",
                    help="image manifest(s): a crawl's pool, or any manifest of images")  # fmt: skip
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the stage directory (manifest, blurred images, stats)",
+    )
     add_config_arguments(p, "a SafetyConfig YAML file", shorthands=_FLAG_KEYS)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 

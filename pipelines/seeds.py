@@ -13,18 +13,22 @@ import json
 import sys
 
 from curation.seeds.registry import SeedSetsConfig, write_seed_manifest
-from manifests.config import ConfigError, add_config_arguments, config_from_arguments
+from manifests.config import ConfigError, add_config_arguments, config_from_arguments, describe
 from pipelines.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipelines.seeds", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m pipelines.seeds", description=describe(__doc__))
     p.add_argument("--seed-sets", required=True, help="comma-separated names")
-    p.add_argument("--seed-root", action="append", default=[], metavar="NAME=PATH")
+    p.add_argument(
+        "--seed-root",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="where a seed set's images are (repeatable)",
+    )
     add_config_arguments(p, "roots: {name: path}, adapters: {name: adapter}")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the seed-set manifests go")
     return p
 
 

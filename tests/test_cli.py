@@ -262,3 +262,25 @@ def test_an_output_path_that_is_a_file_is_one_line(tmp_path, command):
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"error: {out}: File exists", proc.stderr
+
+
+COMMANDS = ["pipelines.build_lvd", "pipelines.crawl", "pipelines.seeds", "pipelines.embed",
+            "pipelines.safety", "pipelines.dedup", "pipelines.retrieve", "training.train",
+            "training.eval.knn"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_says_what_it_does_and_what_each_option_is(command, monkeypatch, capsys):
+    import argparse
+    import importlib
+
+    shown = []
+    monkeypatch.setattr(argparse.ArgumentParser, "print_help",
+                        lambda self, file=None: shown.append(self))  # fmt: skip
+    with pytest.raises(SystemExit):
+        importlib.import_module(command).main(["--help"])
+    parser = shown[0]
+    assert parser.description and parser.description.rstrip()[-1] in ".)", parser.description
+    assert "``python -m" not in parser.description.split(":")[0]  # not the usage line
+    silent = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+    assert silent == []

@@ -128,7 +128,7 @@ def test_the_stage_blurs_into_its_own_shards_drops_at_the_threshold_and_skips_ba
     assert status == {"astronaut": "ok", "camera": "ok", "coffee": "ok", "colorwheel": "nsfw",
                       "junk": "error", "cut": "error", "huge": "error"}  # fmt: skip
     assert rows["colorwheel"]["nsfw_score"] >= 0.6 > rows["coffee"]["nsfw_score"]
-    assert "not an image format" in rows["junk"]["error"]
+    assert "not an image Pillow reads" in rows["junk"]["error"]
     assert rows["cut"]["error"].startswith("OSError")  # truncated
     assert rows["huge"]["error"] == "too many pixels: 2100x2100, over the 4000000 cap"
     counts = {"images": 7, "kept": 3, "nsfw": 1, "errors": 3, "with_faces": 2, "faces": 2,

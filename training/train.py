@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from manifests.config import ConfigError, add_config_arguments, config_from_arguments
+from manifests.config import ConfigError, add_config_arguments, config_from_arguments, describe
 from manifests.errors import PATH_ERRORS, ManifestError, error_line
 from manifests.job import claim_directory
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -362,11 +362,22 @@ def _check_finite(terms: dict[str, torch.Tensor], it: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.train", description=describe(__doc__))
     add_config_arguments(p, "a training recipe (configs/train/)", required=True)
-    p.add_argument("--manifest", required=True, nargs="+", metavar="PATH")
-    p.add_argument("--output-dir", required=True, metavar="DIR")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--manifest",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="image manifests to train on, e.g. a build's DIR/retrieve/lvd",
+    )
+    p.add_argument(
+        "--output-dir",
+        required=True,
+        metavar="DIR",
+        help="the run directory: checkpoints, metrics.jsonl, weights (a rerun resumes it)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("positional_overrides", nargs="*", metavar="KEY=VALUE",
                    help="the same as --set KEY=VALUE")  # fmt: skip
     args = p.parse_args(argv)

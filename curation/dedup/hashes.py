@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from typing import Any
 
 import faiss
@@ -21,13 +20,15 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 
+from manifests.image_rows import open_image
+
 THUMB_SIDE = 16
 
 
 def image_hashes(data: bytes, max_pixels: int = 100_000_000) -> dict[str, Any]:
     """sha256, pHash (signed int64), 16x16 grayscale thumbnail bytes, and pixel count."""
     Image.MAX_IMAGE_PIXELS = max_pixels
-    with Image.open(io.BytesIO(data)) as image:
+    with open_image(data) as image:
         pixels = image.width * image.height
         image = ImageOps.exif_transpose(image).convert("RGB")
         phash = imagehash.phash(image).hash.flatten()

@@ -22,7 +22,6 @@ Fitting is not enough on its own; two kinds of different images fit too, and
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections import OrderedDict
@@ -33,7 +32,8 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from PIL import Image
+
+from manifests.image_rows import open_image
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class GeometricVerifier:
 
     def _compute(self, row: int, mirrored: bool) -> Features:
         try:
-            with Image.open(io.BytesIO(self.read_image(row))) as image:
+            with open_image(self.read_image(row)) as image:
                 gray = np.asarray(image.convert("L"))
         except Exception as exc:  # noqa: BLE001 - an unreadable image cannot be verified
             log.warning("geometric verification: cannot read row %d: %s", row, exc)

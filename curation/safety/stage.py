@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from curation.local_runner import run_locally
 from curation.safety.blur import blur_boxes
@@ -37,7 +37,13 @@ from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from manifests.atomic import remove_temporaries, write_bytes_atomic
 from manifests.config import bounded
 from manifests.errors import ManifestError
-from manifests.image_rows import ImageBytesReader, ImageRow, require_image_rows, row_location
+from manifests.image_rows import (
+    ImageBytesReader,
+    ImageRow,
+    open_image,
+    require_image_rows,
+    row_location,
+)
 from manifests.image_shards import ImageShardWriter, tar_shard_path
 from manifests.job import claim_directory, relative_paths
 from manifests.parquet_io import ShardedParquet, pending_shards, portable_location
@@ -165,12 +171,10 @@ def _decode(reader: ImageBytesReader, row: ImageRow, max_pixels: int) -> np.ndar
         data = reader.read(row)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = open_image(data)
             if image.width * image.height > max_pixels:
                 return f"too many pixels: {image.width}x{image.height}, over the {max_pixels} cap"
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except UnidentifiedImageError:  # its message holds a memory address: not stable
-        return "UnidentifiedImageError: not an image format Pillow reads"
     except Exception as exc:  # noqa: BLE001 - one bad image is a row, never fatal
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from manifests.config import ConfigError
+from manifests.config import ConfigError, describe
 from manifests.errors import PATH_ERRORS, ManifestError, error_line
 from training.data.dataset import ManifestImageDataset
 from training.models import VisionTransformer
@@ -77,17 +77,30 @@ def extract(model: VisionTransformer, manifest: list[str], size: int, batch: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m training.eval.knn", description=__doc__.split("\n")[0]
+    p = argparse.ArgumentParser(prog="python -m training.eval.knn", description=describe(__doc__))
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="a run directory of training.train, or a weights file",
     )
-    p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--train-manifest", required=True, nargs="+")
-    p.add_argument("--val-manifest", required=True, nargs="+")
+    p.add_argument(
+        "--train-manifest", required=True, nargs="+", help="labelled manifests: the memory bank"
+    )
+    p.add_argument(
+        "--val-manifest", required=True, nargs="+", help="labelled manifests: the images classified"
+    )
     p.add_argument("--arch", help="for a bare weights file: vit_small, vit_base, ...")
-    p.add_argument("--patch-size", type=int, default=14)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--patch-size", type=int, default=14, help="for a bare weights file (default 14)"
+    )
+    p.add_argument(
+        "--image-size", type=int, default=224, help="centre-crop side in pixels (default 224)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="images per forward pass (default 64)"
+    )
+    p.add_argument("--workers", type=int, default=2, help="DataLoader decoding workers (default 2)")
     args = p.parse_args(argv)
     try:
         model = load_backbone(args.checkpoint, args.arch, args.patch_size)

@@ -7,13 +7,13 @@ live beside the models rather than in the trainer's data package.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+
+from manifests.image_rows import open_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -21,7 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def image_tensor(data: bytes) -> torch.Tensor:
     """Encoded image bytes -> RGB (3, H, W) float in [0, 1]; raises on undecodable bytes."""
-    with Image.open(io.BytesIO(data)) as image:
+    with open_image(data) as image:
         pixels = np.asarray(image.convert("RGB"))
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,12 +29,24 @@ _STEP = re.compile(r"^step_(\d+)$")
 
 
 def _is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not _distributed() or dist.get_rank() == 0
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         dist.barrier()
+
+
+@contextmanager
+def _single_process_quietly() -> Iterator[None]:
+    """DCP warns at every save of one process that it assumes one process: it is right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
 
 
 def _state(model: SSLMetaArch, optimizer: torch.optim.Optimizer, iteration: int) -> dict:
@@ -54,7 +69,8 @@ def save_checkpoint(root: str | Path, model: SSLMetaArch, optimizer, iteration: 
     if _is_main():
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()
-    dcp.save(_state(model, optimizer, iteration), checkpoint_id=str(tmp))
+    with _single_process_quietly():
+        dcp.save(_state(model, optimizer, iteration), checkpoint_id=str(tmp))
     _barrier()
     if _is_main():
         shutil.rmtree(final, ignore_errors=True)
@@ -75,7 +91,8 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path, model: SSLMetaArch, optimizer) -> int:
     """Restore everything saved into ``model`` and ``optimizer``; returns the iteration."""
     state = _state(model, optimizer, 0)
-    dcp.load(state, checkpoint_id=str(path))
+    with _single_process_quietly():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )

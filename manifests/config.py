@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import logging
 import operator
 import types
 import typing
@@ -183,6 +184,13 @@ def add_config_arguments(
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, metavar="V",
                             help=f"= --set {key}=V")  # fmt: skip
     parser.set_defaults(config_shorthands=shorthands or {})
+
+
+def configure_logging(level: int) -> None:
+    """Every command's log format; Python warnings go to the log too, so that they print
+    above progress bars as log lines do."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
 
 
 def describe(doc: str | None) -> str:

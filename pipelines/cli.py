@@ -7,7 +7,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from manifests.config import ConfigError
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from manifests.config import ConfigError, configure_logging
 from manifests.errors import PATH_ERRORS, ManifestError, error_line
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ManifestError, *PATH_ERRORS)
@@ -17,11 +19,11 @@ def run_cli(action: Callable[[], str], errors: tuple[type[Exception], ...] = USE
     """Run ``action`` and print what it returns (0); print ``error: ...`` for a user error
     (bad input, bad config, an output path that cannot be written: 2), and a line saying
     how to resume on Ctrl-C (130). Anything else is a bug and keeps its traceback."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(logging.WARNING)
     try:
-        print(action())
+        with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+            result = action()
+        print(result)
     except errors as exc:
         print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2

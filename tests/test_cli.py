@@ -284,3 +284,26 @@ def test_every_command_says_what_it_does_and_what_each_option_is(command, monkey
     assert "``python -m" not in parser.description.split(":")[0]  # not the usage line
     silent = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
     assert silent == []
+
+
+def test_log_lines_and_warnings_print_above_a_progress_bar_not_through_it(capsys):
+    import logging
+    import warnings
+
+    from tqdm import tqdm
+
+    from pipelines.cli import run_cli
+
+    def action() -> str:
+        with tqdm(total=10, desc="shards", file=sys.stderr) as bar:
+            bar.update(3)
+            logging.getLogger("stage").warning("shard 3: one image unreadable")
+            warnings.warn("a library's warning", UserWarning, stacklevel=1)
+            bar.update(7)
+        return "done"
+
+    assert run_cli(action) == 0
+    lines = capsys.readouterr().err.split("\n")
+    for text in ("shard 3: one image unreadable", "a library's warning"):
+        shown = next(x for x in lines if text in x).split("\r")[-1]  # as a terminal shows it
+        assert "shards" not in shown and "%|" not in shown, shown  # a line of its own

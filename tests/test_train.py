@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,6 +161,19 @@ def test_a_manifest_smaller_than_one_batch_is_one_line_naming_the_batch_size(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("error: 8 images cannot fill one batch of data.batch_size=16 on 1 rank(s): "
                        "set data.batch_size to at most 8 or train on more images")  # fmt: skip
+
+
+def test_a_build_directory_is_refused_naming_its_lvd_manifest(manifest, tmp_path, capsys):
+    build = tmp_path / "build"
+    (build / "retrieve" / "lvd").mkdir(parents=True)
+    (build / "crawl").mkdir()
+    shutil.copy(manifest / "00000.parquet", build / "crawl" / "00000.parquet")  # a stage's rows
+    args = ["--config", "configs/train/tiny_cpu.yaml", "--manifest", str(build),
+            "--output-dir", str(tmp_path / "run"), "--no-progress", *OVERRIDES]  # fmt: skip
+    assert trainer.main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {build} is a build_lvd directory, not a manifest; its curated set is "
+        f"--manifest {build / 'retrieve' / 'lvd'}")  # fmt: skip
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

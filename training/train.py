@@ -30,8 +30,15 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from manifests.config import ConfigError, add_config_arguments, config_from_arguments, describe
+from manifests.config import (
+    ConfigError,
+    add_config_arguments,
+    config_from_arguments,
+    configure_logging,
+    describe,
+)
 from manifests.errors import PATH_ERRORS, ManifestError, error_line
 from manifests.job import claim_directory
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -217,6 +224,7 @@ def train(
     config: TrainConfig, manifests: list[str], output_dir: str | Path, progress: bool = True
 ) -> dict:
     """Run the whole schedule (resuming if a checkpoint exists); returns the last metrics."""
+    _refuse_build_directories(manifests)
     d = init_distributed()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,6 +246,16 @@ def train(
     if d.is_main:
         torch.save(weights, out / "teacher_backbone.pth")
     return metrics
+
+
+def _refuse_build_directories(manifests: list[str]) -> None:
+    """A build_lvd directory holds every stage's Parquet files (the crawl's whole pool among
+    them): training on it would not train on the curated set."""
+    for m in manifests:
+        lvd = Path(m) / "retrieve" / "lvd"
+        if lvd.is_dir():
+            raise ConfigError(f"{m} is a build_lvd directory, not a manifest; its curated set "
+                              f"is --manifest {lvd}")  # fmt: skip
 
 
 def seed_step(seed: int, it: int, rank: int) -> None:
@@ -381,12 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("positional_overrides", nargs="*", metavar="KEY=VALUE",
                    help="the same as --set KEY=VALUE")  # fmt: skip
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(logging.INFO)
     try:
         config = config_from_arguments(TrainConfig, args, args.positional_overrides)
-        metrics = train(config, args.manifest, args.output_dir, progress=not args.no_progress)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            metrics = train(config, args.manifest, args.output_dir, progress=not args.no_progress)
     except (ConfigError, ManifestError, NonFiniteLossError, *PATH_ERRORS) as exc:
         print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2

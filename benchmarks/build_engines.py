@@ -19,18 +19,18 @@ import os
 import tempfile
 from pathlib import Path
 
-from manifests.config import describe
+from manifests.config import describe, parse_with_quick
 
 
 def main() -> None:
     from pipelines.build import run_build  # noqa: PLC0415 - see the module doc
-    from pipelines.demo import demo_web  # noqa: PLC0415
+    from pipelines.demo.run import demo_web  # noqa: PLC0415
     from pipelines.engines import make_engine  # noqa: PLC0415
 
     p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--photos", type=int, default=400)
     p.add_argument("--engines", default="local,ray,beam")
-    args = p.parse_args()
+    args = parse_with_quick(p, {"photos": 16, "engines": "local"})
     figures: dict = {"photos": args.photos, "cpus": os.cpu_count(), "engines": {}}
     with tempfile.TemporaryDirectory() as tmp, demo_web(Path(tmp) / "in", args.photos) as config:
         config.crawl.shard_size = config.dedup.rows_per_shard = config.embed.rows_per_shard = 64

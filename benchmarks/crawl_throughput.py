@@ -37,7 +37,7 @@ from pathlib import Path
 
 from curation.crawl.config import ProcessConfig
 from curation.crawl.process import init_worker, process_image
-from manifests.config import describe
+from manifests.config import describe, parse_with_quick
 from pipelines.apt import apt_install
 from pipelines.demo.loopback_web import serve_in_process
 from pipelines.demo.synthetic_images import encode, make_photo
@@ -232,7 +232,8 @@ def main() -> None:
         default="nginx",
         help="the loopback web server; aiohttp is ours (pipelines.demo.loopback_web)",
     )
-    args = p.parse_args()
+    args = parse_with_quick(p, {"n": 64, "repeats": 1, "workers": 2, "shard_size": 32,
+                                "skip_img2dataset": True, "server": "aiohttp"})  # fmt: skip
     if args.server == "nginx" and not shutil.which("nginx"):
         apt_install(["nginx-light"], "nginx", otherwise=", or pass --server aiohttp")
     images = args.workdir / f"images-{args.n}"

@@ -14,7 +14,7 @@ and recall over its components, every pair counted (distractors merged with each
 false pairs too), and recall per edit; the routes' agreement is the pairs they decide
 differently. The kNN graph's speed, memory and recall at pool scale: benchmarks/pool_scale.py.
 
-    python benchmarks/dedup_quality.py [--seed 0] [--workdir DIR]
+    python benchmarks/dedup_quality.py [--seed 0] [--workdir DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from PIL import Image
 
 from curation.dedup.stage import hash_and_dedup
 from curation.embed import embed_manifests, load_embedder
+from curation.safety.stage import check_pool
 from manifests.config import describe, load_config
 from manifests.parquet_io import read_manifest
 from manifests.schemas import DEDUP, POOL
@@ -42,10 +43,11 @@ from pipelines.demo.loopback_web import serve_in_process
 from pipelines.demo.near_duplicates import TRANSFORMS, edited_copy
 from pipelines.demo.photos import ensure_packages, real_photos
 from pipelines.engines import make_engine
+from pipelines.lvd_stages import STAGE_NAMES
 
 MAX_SIDE = 384  # images are stored at most this large, as a crawl with max_side would
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "curation" / "local.yaml"
-BUILD_STAGES = ["crawl", "hash", "embed_pool", "dedup"]
+BUILD_STAGES = list(STAGE_NAMES[: STAGE_NAMES.index("dedup") + 1])  # every stage dedup needs
 
 
 def on_gradient(name: str, rgba: Image.Image, seed: int) -> Image.Image:
@@ -79,7 +81,8 @@ def _jpeg(image: Image.Image) -> bytes:
 def held_out_pool(args, out: Path) -> tuple[np.ndarray, np.ndarray]:
     """Write the pool's JPEGs to ``out`` as NNNNNN.jpg; family (base index, or -1 for a
     distractor) and kind ("original", a transform, or "single") per file number."""
-    images = real_photos(MAX_SIDE, compose=lambda n, im: on_gradient(n, im, args.seed))
+    images = real_photos(MAX_SIDE, compose=lambda n, im: on_gradient(n, im, args.seed),
+                         limit=args.bases + args.singles if args.quick else None)  # fmt: skip
     rng = np.random.default_rng(args.seed)
     ordered = sorted(images)
     names = [ordered[i] for i in rng.permutation(len(ordered))]
@@ -166,10 +169,11 @@ def routes(args, workdir: Path) -> dict:
     number = _file_numbers(build.pool_manifest)
     via_build = _components(build.dedup_manifest, number, n)
 
-    started = time.perf_counter()  # pipelines.embed, then pipelines.dedup --embeddings
+    started = time.perf_counter()  # pipelines.safety, .embed, then .dedup --embeddings
     model = config.copy_model or config.model
-    embed_manifests([build.pool_manifest], load_embedder(model), workdir / "cli" / "emb",
-                    config.embed, progress=False)  # fmt: skip
+    check_pool([build.pool_manifest], workdir / "cli" / "safety", config.safety, progress=False)
+    embed_manifests([workdir / "cli" / "safety" / "manifest"], load_embedder(model),
+                    workdir / "cli" / "emb", config.embed, progress=False)  # fmt: skip
     hash_and_dedup([build.pool_manifest], workdir / "cli", workdir / "cli" / "emb",
                    config=config.dedup, progress=False)  # fmt: skip
     cli_s = time.perf_counter() - started
@@ -192,8 +196,16 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=3, help="edited copies per base")
     p.add_argument("--singles", type=int, default=240, help="distractors")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-dedup"))
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny pool of the photos already installed: a smoke run in seconds",
+    )
     args = p.parse_args()
-    ensure_packages()
+    if args.quick:
+        args.bases, args.copies, args.singles = 8, 2, 8
+    else:
+        ensure_packages()
     shutil.rmtree(args.workdir, ignore_errors=True)  # fresh timings, never a resume
     print(json.dumps({"routes": routes(args, args.workdir)}, indent=1))
 

@@ -11,9 +11,11 @@
   would take longer than this script may).
 
 Meant to finish in under 8 minutes on one H100/H200; without CUDA it exits non-zero with
-one line. ``--quick`` shrinks every size for a smoke run.
+one line. ``--quick`` shrinks every size for a smoke run; ``--device cpu`` runs the same
+checks on the CPU (what can run there: no xFormers, no faiss GPU), so that the test suite
+keeps the script working on machines without a GPU.
 
-    python benchmarks/gpu_check.py [--quick]
+    python benchmarks/gpu_check.py [--quick] [--device cpu]
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-from manifests.config import describe, load_config
+from manifests.config import describe, load_config, parse_with_quick
 from training.config import TrainConfig
 from training.layers import attention as attention_module
 from training.layers.attention import Attention
@@ -36,14 +38,21 @@ from training.schedules import param_groups
 from training.ssl_meta_arch import SSLMetaArch
 from training.train import Schedules, train_step
 
+DEVICE = torch.device("cuda")  # --device sets it
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
 
 def _timed(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        _sync()
         started = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
         times.append(time.perf_counter() - started)
     return times
 
@@ -55,9 +64,9 @@ def check_attention(quick: bool) -> dict:
     dim, heads = (256, 4) if quick else (1024, 16)
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
-        attn = Attention(dim, heads).cuda().to(dtype)
+        attn = Attention(dim, heads).to(DEVICE, dtype)
         shapes = [(2, 257), (8, 50)]  # 2 global crops of 16x16 + cls, 8 local of 7x7 + cls
-        x = torch.randn(sum(n * length for n, length in shapes), dim, device="cuda", dtype=dtype)
+        x = torch.randn(sum(n * length for n, length in shapes), dim, device=DEVICE, dtype=dtype)
         qkv = attn.qkv(x).split([n * length for n, length in shapes])
         groups = [g.view(n, length, -1) for g, (n, length) in zip(qkv, shapes, strict=True)]
         xformers_out = attn._attend_xformers(groups)
@@ -70,16 +79,18 @@ def check_attention(quick: bool) -> dict:
 def _batch(batch: int, n_local: int, size: int, local: int, grid: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {
-        "global_crops": torch.randn(2 * batch, 3, size, size, generator=g).cuda(),
-        "local_crops": torch.randn(n_local * batch, 3, local, local, generator=g).cuda(),
-        "masks": (torch.rand(2 * batch, grid * grid, generator=g) < 0.3).cuda(),
+        "global_crops": torch.randn(2 * batch, 3, size, size, generator=g).to(DEVICE),
+        "local_crops": torch.randn(n_local * batch, 3, local, local, generator=g).to(DEVICE),
+        "masks": (torch.rand(2 * batch, grid * grid, generator=g) < 0.3).to(DEVICE),
     }
 
 
 def _train_variant(config: TrainConfig, data: dict, dtype: torch.dtype | None, steps: int) -> dict:
     torch.manual_seed(0)
-    torch.cuda.reset_peak_memory_stats()
-    model = SSLMetaArch(config.model).cuda().train()
+    on_gpu = DEVICE.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    model = SSLMetaArch(config.model).to(DEVICE).train()
     optimizer = torch.optim.AdamW(param_groups(model.student, 24))
     schedules = Schedules.build(config, config.data.batch_size)
 
@@ -93,11 +104,16 @@ def _train_variant(config: TrainConfig, data: dict, dtype: torch.dtype | None, s
     batch, crops = config.data.batch_size, 2 + config.crops.n_local
     return {"step_s": round(seconds, 3), "images_per_s": round(batch / seconds, 1),
             "crops_per_s": round(batch * crops / seconds, 1),
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}  # fmt: skip
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_gpu
+            else None}  # fmt: skip
 
 
 def check_train_step(quick: bool, steps: int) -> dict:
     overrides = ["model.backbone.depth=2", "data.batch_size=4"] if quick else []
+    if quick and DEVICE.type == "cpu":  # the code path, not the ViT-L's figures
+        overrides += ["model.backbone.arch=vit_small", "data.batch_size=2", "crops.n_local=2",
+                      "crops.global_size=112", "crops.local_size=56",
+                      "model.head_prototypes=1024", "model.head_hidden=256"]  # fmt: skip
     config = load_config(TrainConfig, "configs/train/vitl14.yaml", overrides)
     c, batch = config.crops, config.data.batch_size
     data = _batch(batch, c.n_local, c.global_size, c.local_size,
@@ -108,7 +124,8 @@ def check_train_step(quick: bool, steps: int) -> dict:
             config.model.packed = packed
             name = f"{'packed' if packed else 'per_size'}_{'bf16' if dtype else 'fp32'}"
             out[name] = _train_variant(config, data, dtype, steps)
-            torch.cuda.empty_cache()
+            if DEVICE.type == "cuda":
+                torch.cuda.empty_cache()
     with contextlib.suppress(KeyError):
         out["bf16_speedup"] = round(out["packed_fp32"]["step_s"] / out["packed_bf16"]["step_s"], 2)
         out["packing_speedup"] = round(
@@ -120,7 +137,7 @@ def check_train_step(quick: bool, steps: int) -> dict:
 def check_centering() -> dict:
     config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml",
                          ["model.centering=ema", "model.backbone.depth=1"])  # fmt: skip
-    model = SSLMetaArch(config.model).cuda().train()
+    model = SSLMetaArch(config.model).to(DEVICE).train()
     optimizer = torch.optim.AdamW(param_groups(model.student, 1))
     grid = config.crops.global_size // config.model.backbone.patch_size
     data = _batch(4, config.crops.n_local, config.crops.global_size, config.crops.local_size, grid)
@@ -171,16 +188,23 @@ def check_faiss(quick: bool) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=describe(__doc__))
-    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     p.add_argument("--steps", type=int, default=3, help="timed train steps per variant")
-    args = p.parse_args()
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; run it where one is (see the device notes)",
+    p.add_argument(
+        "--device",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="cpu: the same checks where they can run, as the test suite does",
+    )
+    args = parse_with_quick(p, {"steps": 1})
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here; run it where one is, or --device cpu",
               file=sys.stderr)  # fmt: skip
         return 2
     started = time.perf_counter()
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "cuda": torch.version.cuda}  # fmt: skip
+    name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
+    report = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda}
     for name, check in (("attention", lambda: check_attention(args.quick)),
                         ("train_step", lambda: check_train_step(args.quick, args.steps)),
                         ("centering", check_centering),

@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-from manifests.config import describe
+from manifests.config import describe, parse_with_quick
 from manifests.inventory import CHUNK, find_damage, take_inventory
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--files", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-inventory"))
-    args = p.parse_args()
+    args = parse_with_quick(p, {"mb": 8, "files": 4, "repeats": 1})
     root = args.workdir / "stage"
     shutil.rmtree(args.workdir, ignore_errors=True)
     _write_shards(root, args.mb, args.files)

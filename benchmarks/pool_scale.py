@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from manifests.config import describe
+from manifests.config import describe, parse_with_quick
 
 TOPICS = 1000
 GROUP = 3  # vectors per planted copy group
@@ -249,7 +249,8 @@ def main() -> None:
     p.add_argument("--recall-sample", type=int, default=2000)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-pool-scale"))
     p.add_argument("--one", nargs=2, metavar=("SIZE", "ENGINE"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = parse_with_quick(p, {"sizes": "2e4", "engines": "local", "shard": 5000,
+                                "kmeans_k": 50, "seeds": 200, "recall_sample": 200})  # fmt: skip
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.one:  # one size on one engine, in a process of its own (its RSS is the driver's)
         print(json.dumps(run_size(int(float(args.one[0])), args.one[1], args, args.workdir)))

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from manifests.config import describe
+from manifests.config import describe, parse_with_quick
 from pipelines.demo.synthetic_images import make_photo
 
 METHODS = {
@@ -54,7 +54,7 @@ def measure(pixels: np.ndarray, size: tuple[int, int], repeats: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--repeats", type=int, default=200)
-    args = p.parse_args()
+    args = parse_with_quick(p, {"repeats": 3})
     cv2.setNumThreads(1)
     pixels = textured_photo()
     result = {

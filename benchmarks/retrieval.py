@@ -7,6 +7,7 @@ IVF-PQ against exact search on that subset, in the same run. Also the forward
 throughput of a ViT-S/14 at 224 px on this CPU (random weights: speed only).
 
     python benchmarks/retrieval.py [--n 1000000] [--queries 100000] [--exact-queries 5000]
+        [--quick]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from curation.index import (
     kmeans,
     search,
 )
-from manifests.config import describe
+from manifests.config import describe, parse_with_quick
 from training.models import build_vit
 
 
@@ -66,7 +67,10 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=100_000)
     p.add_argument("--exact-queries", type=int, default=5_000)
     p.add_argument("--kmeans-k", type=int, default=1024)
-    args = p.parse_args()
+    p.add_argument("--vit-batches", type=int, default=3, help="batches of 32 the ViT times")
+    # quick: 32-d, as faiss trains 8-bit PQ codebooks slowly (PQ64x8 on 16k vectors: ~55 s)
+    args = parse_with_quick(p, {"n": 20_000, "dim": 32, "queries": 2_000, "exact_queries": 500,
+                                "kmeans_k": 64, "vit_batches": 1})  # fmt: skip
 
     base = clustered(args.n, args.dim, n_clusters=10_000)
     queries = clustered(args.queries, args.dim, n_clusters=10_000, seed=0)
@@ -97,7 +101,7 @@ def main() -> None:
                   "ms_per_query": round(per_query["exact_ms"], 3)},
         "recall_at_4": round(float(recall), 4),
         "speedup_vs_exact": round(per_query["exact_ms"] / per_query["ivfpq_ms"], 1),
-        "vit_s14_224_images_per_s": round(vit_throughput(), 1),
+        "vit_s14_224_images_per_s": round(vit_throughput(batches=args.vit_batches), 1),
     }, indent=1))  # fmt: skip
 
 

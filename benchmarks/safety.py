@@ -21,7 +21,7 @@ Quality, on photos that packages ship (nothing explicit is added anywhere):
   - NSFW false positive rate on all those ordinary photos, per threshold, with the photos
     scored highest.
 
-    python benchmarks/safety.py [--images 512] [--workdir DIR] [--skip-throughput]
+    python benchmarks/safety.py [--images 512] [--workdir DIR] [--skip-throughput] [--quick]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from PIL import Image
 from curation.safety.blur import blur_boxes
 from curation.safety.detector import Detections, DetectorConfig, SafetyDetector
 from curation.safety.stage import SafetyConfig, check_pool
-from manifests.config import describe
+from manifests.config import describe, parse_with_quick
 from manifests.parquet_io import write_image_manifest
 from pipelines.demo.photos import ensure_packages, real_photos
 
@@ -69,10 +69,11 @@ FACES = [
 PEOPLE = ("data/astronaut", "data/camera", "data/basketball1", "data/left06", "data/messi5")
 
 
-def face_photos(workdir: Path) -> dict[str, np.ndarray]:
-    """The photos of ``FACES`` as RGB arrays (the sdists are downloaded once)."""
+def face_photos(workdir: Path, faces: list[tuple]) -> dict[str, np.ndarray]:
+    """The photos of ``faces`` as RGB arrays (the sdists are downloaded once, if needed)."""
     sdists = workdir / "sdists"
-    if not sdists.is_dir():
+    if not sdists.is_dir() and any(f[0].split("/")[0] in ("face_recognition", "insightface")
+                                   for f in faces):  # fmt: skip
         pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
         subprocess.run([*pip, "-d", str(sdists), *SDISTS], check=True)
     found = {}
@@ -81,14 +82,15 @@ def face_photos(workdir: Path) -> dict[str, np.ndarray]:
         with tarfile.open(archive) as tar:
             for member in tar.getmembers():
                 name = f"{source}/{Path(member.name).name}"
-                if any(f[0] == name for f in FACES):
+                if any(f[0] == name for f in faces):
                     with Image.open(tar.extractfile(member)) as image:
                         found[name] = np.asarray(image.convert("RGB"))
     found["skimage/astronaut"] = skimage.data.astronaut()
     found["skimage/camera"] = np.stack([skimage.data.camera()] * 3, axis=-1)
     for name in ("basketball1.png", "left06.jpg", "messi5.jpg"):
-        found[f"opencv/{name}"] = np.asarray(Image.open(f"{OPENCV}/{name}").convert("RGB"))
-    missing = {f[0] for f in FACES} - set(found)
+        if any(f[0] == f"opencv/{name}" for f in faces):
+            found[f"opencv/{name}"] = np.asarray(Image.open(f"{OPENCV}/{name}").convert("RGB"))
+    missing = {f[0] for f in faces} - set(found)
     if missing:
         raise SystemExit(f"face photos not found: {sorted(missing)}")
     return found
@@ -102,32 +104,32 @@ def _holds(box: tuple[int, ...], x: float, y: float) -> bool:
     return box[0] <= x <= box[0] + box[2] and box[1] <= y <= box[1] + box[3]
 
 
-def face_scores(found: dict[str, Detections], threshold: float) -> dict:
+def face_scores(found: dict[str, Detections], threshold: float, faces: list[tuple]) -> dict:
     """Recall per kind of face, and boxes at ``threshold`` that hold no face."""
     hits = {"frontal": 0, "profile": 0}
     spare = 0
     for name, seen in found.items():
         boxes = [b for b, s in zip(seen.face_boxes, seen.face_scores, strict=True)
                  if s >= threshold]  # fmt: skip
-        faces = [(x, y, kind) for n, x, y, kind in FACES if n == name]
-        for x, y, kind in faces:
+        for x, y, kind in [(x, y, kind) for n, x, y, kind in faces if n == name]:
             box = next((b for b in boxes if _holds(b, x, y)), None)
             if box is not None:
                 boxes.remove(box)
                 hits[kind] += 1
         spare += len(boxes)
-    total = {k: sum(f[3] == k for f in FACES) for k in hits}
-    return {"recall": round(sum(hits.values()) / len(FACES), 3),
+    total = {k: sum(f[3] == k for f in faces) for k in hits}
+    return {"recall": round(sum(hits.values()) / len(faces), 3),
             **{f"recall_{k}": f"{hits[k]}/{total[k]}" for k in hits},
             "boxes_without_a_face": spare}  # fmt: skip
 
 
 def quality(workdir: Path, sides: list[int], face_thresholds: list[float],
-            nsfw_thresholds: list[float]) -> dict:  # fmt: skip
-    faces = face_photos(workdir)
-    ordinary = real_photos(512)
+            nsfw_thresholds: list[float], quick: bool = False) -> dict:  # fmt: skip
+    located = [f for f in FACES if f[0].startswith("skimage/")] if quick else FACES
+    faces = face_photos(workdir, located)
+    ordinary = real_photos(512, limit=24 if quick else None)
     no_people = {n: np.asarray(im) for n, im in ordinary.items() if n not in PEOPLE}
-    report: dict = {"face_photos": len(faces), "faces": len(FACES),
+    report: dict = {"face_photos": len(faces), "faces": len(located),
                     "photos_without_people": len(no_people)}  # fmt: skip
     for side in sides:
         detector = SafetyDetector(DetectorConfig(input_side=side,
@@ -138,7 +140,7 @@ def quality(workdir: Path, sides: list[int], face_thresholds: list[float],
         for t in face_thresholds:
             boxes = sum(sum(s >= t for s in d.face_scores) for d in plain)
             per_threshold[str(t)] = {
-                **face_scores(found, t),
+                **face_scores(found, t, located),
                 "false_boxes_per_photo": round(boxes / len(plain), 4),
                 "photos_with_a_false_box": sum(any(s >= t for s in d.face_scores) for d in plain),
             }
@@ -161,7 +163,7 @@ def _rate(n: int, seconds: float) -> float:
 
 def throughput(workdir: Path, n: int, sides: list[int]) -> dict:
     # as a crawl would have stored them: its aspect-ratio limit refuses strips
-    photos = [p for p in real_photos(512).values() if max(p.size) <= 3 * min(p.size)]
+    photos = [p for p in real_photos(512, limit=n).values() if max(p.size) <= 3 * min(p.size)]
     files = workdir / "photos"
     files.mkdir(parents=True, exist_ok=True)
     names = []
@@ -209,15 +211,17 @@ def main() -> None:
     p.add_argument("--face-thresholds", default="0.2,0.3,0.5")
     p.add_argument("--nsfw-thresholds", default="0.3,0.5,0.7,0.9")
     p.add_argument("--skip-throughput", action="store_true")
-    args = p.parse_args()
-    ensure_packages()
+    args = parse_with_quick(p, {"images": 16, "sides": "320", "face_thresholds": "0.3",
+                                "nsfw_thresholds": "0.5"})  # fmt: skip
+    if not args.quick:  # quick: the photos already installed, the faces in scikit-image's
+        ensure_packages()
     args.workdir.mkdir(parents=True, exist_ok=True)
     sides = _numbers(args.sides, int)
     report = {}
     if not args.skip_throughput:  # first: see throughput()
         report["throughput"] = throughput(args.workdir, args.images, sides)
     report["quality"] = quality(args.workdir, sides, _numbers(args.face_thresholds, float),
-                                _numbers(args.nsfw_thresholds, float))  # fmt: skip
+                                _numbers(args.nsfw_thresholds, float), args.quick)  # fmt: skip
     print(json.dumps(report, indent=1))
 
 

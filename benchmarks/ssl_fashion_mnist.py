@@ -6,7 +6,7 @@ The images come from Debian's ``dataset-fashion-mnist`` (installed by this scrip
 missing and run as root) and are converted to labelled tar-shard manifests.
 
     python benchmarks/ssl_fashion_mnist.py [--minutes 15] [--knn-every MINUTES] [--workdir DIR]
-        [--peer lightly --peer-python VENV/bin/python]
+        [--peer lightly --peer-python VENV/bin/python] [--quick]
 
 ``--knn-every 15`` with ``--minutes 60`` trains in four 15-minute segments (each resumes
 the last one's checkpoint; the schedule is the 60-minute one) and measures the k-NN after
@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from manifests.config import describe, load_config
+from manifests.config import describe, load_config, parse_with_quick
 from manifests.image_shards import ImageShardWriter
 from pipelines.apt import apt_install
 from training.config import TrainConfig
@@ -187,7 +187,12 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a trainer setting over the recipe's (repeatable)",
     )
-    args = p.parse_args()
+    p.add_argument("--train-images", type=int, help="the first N of the train split (all)")
+    p.add_argument("--test-images", type=int, help="the first N of the test split (all)")
+    args = parse_with_quick(p, {
+        "minutes": 0.05, "train_images": 1000, "test_images": 200,
+        "workdir": Path("/tmp/lvd-bench-fmnist-quick"),
+        "set": ["data.batch_size=16", "data.num_workers=0"]})  # fmt: skip
     if args.peer and not args.peer_python:
         p.error("--peer needs --peer-python (an environment with lightly and torchvision)")
     ensure_dataset()
@@ -196,6 +201,11 @@ def main() -> None:
         _idx("train-labels-idx1-ubyte.gz"),
     )
     test_images, test_labels = _idx("t10k-images-idx3-ubyte.gz"), _idx("t10k-labels-idx1-ubyte.gz")
+    train_images, train_labels = (
+        train_images[: args.train_images],
+        train_labels[: args.train_images],
+    )
+    test_images, test_labels = test_images[: args.test_images], test_labels[: args.test_images]
     train_manifest = write_manifest(train_images, train_labels, args.workdir / "train")
     test_manifest = write_manifest(test_images, test_labels, args.workdir / "test")
     raw = raw_pixel_knn(train_images, train_labels, test_images, test_labels)

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from manifests.config import describe
+from manifests.config import describe, parse_with_quick
 from training.models.config import BackboneConfig
 from training.ssl_meta_arch import SSLConfig, SSLMetaArch
 
@@ -40,14 +40,14 @@ def _batch(batch: int, n_local: int, device: str) -> dict[str, torch.Tensor]:
     }
 
 
-def run_variant(name: str, steps: int, batch: int, device: str, out) -> None:
+def run_variant(name: str, steps: int, batch: int, n_local: int, device: str, out) -> None:
     torch.manual_seed(0)
     packed, efficient = VARIANTS[name]["packed"], VARIANTS[name]["efficient_drop_path"]
     backbone = BackboneConfig(arch="vit_small", drop_path_rate=0.4, efficient_drop_path=efficient)
     config = SSLConfig(backbone=backbone, ibot_separate_head=False, packed=packed)
     model = SSLMetaArch(config).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.student.parameters()], lr=1e-4)
-    data = _batch(batch, 8, device)
+    data = _batch(batch, n_local, device)
     times = []
     for step in range(steps + 1):  # the first step warms up
         start = time.perf_counter()
@@ -71,19 +71,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=describe(__doc__))
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--local-crops", type=int, default=8)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    args = parse_with_quick(p, {"steps": 1, "batch": 1, "local_crops": 2})
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Manager().dict()
     for name in VARIANTS:
         proc = ctx.Process(
-            target=run_variant, args=(name, args.steps, args.batch, args.device, results)
+            target=run_variant,
+            args=(name, args.steps, args.batch, args.local_crops, args.device, results),
         )
         proc.start()
         proc.join()
         if proc.exitcode:
             raise SystemExit(f"variant {name} failed with exit code {proc.exitcode}")
-    out = {"device": args.device, "batch": args.batch, "threads": torch.get_num_threads(),
+    out = {"device": args.device, "batch": args.batch, "local_crops": args.local_crops,
+           "threads": torch.get_num_threads(),
            "steps": args.steps, "peak_memory": "GPU max allocated" if args.device == "cuda"
            else "process max RSS", **dict(results)}  # fmt: skip
     plain = out["plain"]["step_s"]

@@ -50,6 +50,7 @@ from curation.index import (
     search,
     train_index,
     training_points,
+    tune_quantizer,
 )
 from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from curation.vector_shards import VectorShards
@@ -165,7 +166,7 @@ def fit_index(plan: SearchPlan, out: str, on_items: ItemCounter | None = None) -
     """Train the plan's index on a sample of the base (:func:`training_points`) and commit
     it as ``trained.faiss``."""
     factory = _factory(plan, gpu_count(plan.index.use_gpu))
-    index = empty_index(_dim(plan), factory)
+    index = empty_index(_dim(plan), factory, plan.index.quantizer_ef_search)
     sample = plan.prepare(plan.base.sample(training_points(index, plan.index.train_per_list)))
     log.info("training %s on %d vectors", factory, len(sample))
     train_index(index, sample)
@@ -191,6 +192,7 @@ def assign_queries(q: int, plan: SearchPlan, out: str, on_items: ItemCounter | N
     """Commit the ``nprobe`` nearest IVF lists of query shard ``q``'s vectors (and their
     similarities), which every part's search of that shard then uses."""
     index = faiss.read_index(str(Path(out) / TRAINED))  # held: the IVF view below is its own
+    tune_quantizer(index, plan.index.quantizer_ef_search)
     x = plan.prepare(plan.queries.read(q))
     similarity, lists = faiss.extract_index_ivf(index).quantizer.search(x, plan.index.nprobe)
     path = _coarse_path(out, q)
@@ -236,8 +238,7 @@ def _part_index(plan: SearchPlan, out: str, positions: list[int]) -> tuple[faiss
     trained = Path(out) / TRAINED
     exact = not trained.exists()
     index = empty_index(_dim(plan), "Flat") if exact else faiss.read_index(str(trained))
-    s = plan.index
-    index = ready_for_search(index, s.nprobe, s.refine_factor, s.use_gpu)
+    index = ready_for_search(index, plan.index)
     for position in positions:
         index.add(plan.prepare(plan.base.read(position)))
     ids = (

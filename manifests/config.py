@@ -200,6 +200,21 @@ def describe(doc: str | None) -> str:
     return " ".join(paragraphs[0].split()) if paragraphs else ""
 
 
+def parse_with_quick(
+    p: argparse.ArgumentParser, quick: dict[str, Any], argv: list[str] | None = None
+) -> argparse.Namespace:
+    """A benchmark's arguments, with ``--quick``: the ``quick`` defaults (tiny sizes, a
+    smoke run in seconds that the test suite makes, so a benchmark that breaks fails CI);
+    flags given explicitly still win."""
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes: a smoke run in seconds (the test suite runs it)")  # fmt: skip
+    args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(**quick)
+        args = p.parse_args(argv)
+    return args
+
+
 def config_from_arguments(cls: type[T], args: argparse.Namespace, overrides: list[str] = ()) -> T:
     """The config that :func:`add_config_arguments`' arguments give: the YAML file, then
     the shorthand flags and ``overrides`` (a command's other flags), then ``--set``."""

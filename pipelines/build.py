@@ -130,9 +130,10 @@ def run_build(
     if unknown:
         raise ConfigError(f"--stages {','.join(unknown)}: expected some of {STAGE_NAMES}")
     config.validate()
-    b = Build(Path(out).resolve(), config, engine, Sources.read(config), progress)
-    b.out.mkdir(parents=True, exist_ok=True)
     todo = [s for s in STAGES if s.name in chosen]
+    sources = Sources.read(config, [s.name for s in todo])
+    b = Build(Path(out).resolve(), config, engine, sources, progress)
+    b.out.mkdir(parents=True, exist_ok=True)
     results = []
     for n, stage in enumerate(todo, 1):
         needed = _needed(b, stage)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,12 @@ from pipelines.curation_config import CurationConfig
 from pipelines.engines import Engine
 from pipelines.report import write_report
 
+# the stages that read seed or evaluation sets, and which
+STAGE_READERS: dict[str, Callable[[CurationConfig], list[str]]] = {
+    "dedup": lambda c: c.evaluation_sets,
+    "embed_seeds": lambda c: [p.name for p in c.seed_sets],
+}
+
 
 @dataclass(frozen=True)
 class Sources:
@@ -47,10 +53,11 @@ class Sources:
     seed_sets: dict[str, str]  # seed or evaluation set -> seed_set_source
 
     @classmethod
-    def read(cls, config: CurationConfig) -> Sources:
-        """Read the digests; every seed and evaluation set's layout is checked here, before
-        any stage runs."""
-        names = dict.fromkeys([p.name for p in config.seed_sets] + config.evaluation_sets)
+    def read(cls, config: CurationConfig, stages: Collection[str] = STAGE_READERS) -> Sources:
+        """Read the digests of what ``stages`` read; the layout of every seed and evaluation
+        set they read is checked here, before any stage runs."""
+        readers = [STAGE_READERS[stage] for stage in stages if stage in STAGE_READERS]
+        names = dict.fromkeys(name for reader in readers for name in reader(config))
         return cls(inputs_digests(config.urls),
                    {name: seed_set_source(name, config.seeds) for name in names})  # fmt: skip
 

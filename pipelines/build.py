@@ -131,9 +131,9 @@ def run_build(
         raise ConfigError(f"--stages {','.join(unknown)}: expected some of {STAGE_NAMES}")
     config.validate()
     todo = [s for s in STAGES if s.name in chosen]
+    Path(out).mkdir(parents=True, exist_ok=True)
     sources = Sources.read(config, [s.name for s in todo])
     b = Build(Path(out).resolve(), config, engine, sources, progress)
-    b.out.mkdir(parents=True, exist_ok=True)
     results = []
     for n, stage in enumerate(todo, 1):
         needed = _needed(b, stage)

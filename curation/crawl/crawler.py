@@ -18,8 +18,9 @@ from typing import Any
 from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import NO_IMAGE_HINTS, ErrorCode, InputError, NoImagesError
 from curation.crawl.fetch import Fetcher
-from curation.crawl.plan import CrawlPlan, plan_crawl, shard_source
+from curation.crawl.plan import CrawlPlan, plan_crawl
 from curation.crawl.shard import crawl_shard
+from curation.crawl.urls import shard_source
 from curation.local_runner import local_processes, run_locally
 from curation.tasks import ShardRunner, ShardTasks
 from manifests.atomic import write_bytes_atomic
@@ -89,7 +90,8 @@ def run_crawl(
                          f"({len(plan.problems)} unusable records)")  # fmt: skip
     output = CrawlOutput(out_dir)
     shards = plan.shards(config.shard_size)
-    _claim_output(output, plan, config, [shard_source(s, config) for s in shards])
+    settings = config.output_settings()
+    _claim_output(output, plan, config, [shard_source(s, settings) for s in shards])
     output.remove_partial()
     done = output.complete_shards()
     pending = [i for i in range(len(shards)) if i not in done]

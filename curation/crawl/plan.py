@@ -7,11 +7,9 @@ URLs and a rerun can skip the shards that are complete.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import CrawlError
 from curation.crawl.inputs import read_records
 from curation.crawl.urls import PlannedUrl, normalize_url, url_id
@@ -33,15 +31,6 @@ class CrawlPlan:
         for row in self.rows:
             h.update(row.id.encode())
         return h.hexdigest()
-
-
-def shard_source(planned: list[PlannedUrl], config: CrawlConfig) -> str:
-    """What a shard is crawled from: its URLs in order and the settings that change what it
-    holds. A committed shard whose recorded source differs is redone, never reused."""
-    h = hashlib.sha256(json.dumps(config.output_settings(), sort_keys=True).encode())
-    for row in planned:
-        h.update(row.id.encode())
-    return h.hexdigest()[:16]
 
 
 def plan_crawl(inputs: list[str | Path], url_column: str = "url") -> CrawlPlan:

@@ -20,9 +20,8 @@ from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import CrawlError, ErrorCode
 from curation.crawl.fetch import Fetcher
 from curation.crawl.pixel_threads import PixelThreads
-from curation.crawl.plan import shard_source
 from curation.crawl.process import init_worker, keep_opencv_threads, process_image
-from curation.crawl.urls import PlannedUrl
+from curation.crawl.urls import PlannedUrl, shard_source
 from curation.tasks import ItemCounter
 from manifests.crawl_output import CrawlOutput, ShardStats
 from manifests.image_shards import ImageShardWriter
@@ -163,7 +162,7 @@ async def _crawl_shard(
             error_codes=count_codes(rows),
             stored_bytes=sum(r["bytes"] for r in rows if r["status"] == "ok"),
             elapsed_s=round(time.perf_counter() - start, 3),
-            source=shard_source(planned, config),
+            source=shard_source(planned, config.output_settings()),
         )
         output.commit(index, images, rows, stats, asdict(config))
     return stats

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import json
 import socket
 from dataclasses import dataclass
 
@@ -85,3 +86,13 @@ class PlannedUrl:
     url: str  # normalized; the text as written when it could not be normalized
     page_url: str | None = None
     error: CrawlError | None = None  # refused before download (invalid URL, scheme)
+
+
+def shard_source(planned: list[PlannedUrl], settings: dict) -> str:
+    """What a shard is crawled from: its URLs in order and ``settings``, those that change
+    what it holds (``CrawlConfig.output_settings``). A committed shard whose recorded
+    source differs is redone, never reused."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for row in planned:
+        h.update(row.id.encode())
+    return h.hexdigest()[:16]

@@ -287,26 +287,29 @@ def test_every_command_says_what_it_does_and_what_each_option_is(command, monkey
     assert silent == []
 
 
-def test_log_lines_and_warnings_print_above_a_progress_bar_not_through_it(capsys, monkeypatch):
-    import logging
-    import warnings
+_BAR_AND_WARNINGS = """
+import logging, sys, warnings
+from tqdm import tqdm
+from pipelines.cli import run_cli
 
-    from tqdm import tqdm
+def action():
+    with tqdm(total=10, desc="shards", file=sys.stderr) as bar:
+        bar.update(3)
+        logging.getLogger("stage").warning("shard 3: one image unreadable")
+        warnings.warn("a library's warning", UserWarning, stacklevel=1)
+        bar.update(7)
+    return "done"
 
-    from pipelines.cli import run_cli
+sys.exit(run_cli(action))
+"""
 
-    monkeypatch.setattr(logging.root, "handlers", [])  # as in a fresh process: run_cli's own
 
-    def action() -> str:
-        with tqdm(total=10, desc="shards", file=sys.stderr) as bar:
-            bar.update(3)
-            logging.getLogger("stage").warning("shard 3: one image unreadable")
-            warnings.warn("a library's warning", UserWarning, stacklevel=1)
-            bar.update(7)
-        return "done"
-
-    assert run_cli(action) == 0
-    lines = capsys.readouterr().err.split("\n")
+def test_log_lines_and_warnings_print_above_a_progress_bar_not_through_it():
+    proc = subprocess.run(
+        [sys.executable, "-c", _BAR_AND_WARNINGS], capture_output=True, text=True, timeout=60
+    )  # a process of its own: pytest's warning
+    assert proc.returncode == 0, proc.stderr  # capture is not in the way there  # fmt: skip
+    lines = proc.stderr.split("\n")
     for text in ("shard 3: one image unreadable", "a library's warning"):
         shown = next(x for x in lines if text in x).split("\r")[-1]  # as a terminal shows it
         assert "shards" not in shown and "%|" not in shown, shown  # a line of its own

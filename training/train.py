@@ -32,7 +32,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from manifests.allocator import keep_large_allocations
 from manifests.config import (
     ConfigError,
     add_config_arguments,
@@ -226,7 +225,6 @@ def train(
 ) -> dict:
     """Run the whole schedule (resuming if a checkpoint exists); returns the last metrics."""
     _refuse_build_directories(manifests)
-    keep_large_allocations()  # packed activations are large: no page faults on each reuse
     d = init_distributed()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

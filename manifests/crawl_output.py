@@ -33,7 +33,7 @@ class ShardStats:
     error_codes: dict[str, int] = field(default_factory=dict)
     stored_bytes: int = 0
     elapsed_s: float = 0.0
-    source: str = ""  # what it was crawled from (curation.crawl.plan.shard_source)
+    source: str = ""  # what it was crawled from (curation.crawl.urls.shard_source)
 
     @property
     def images_per_s(self) -> float:

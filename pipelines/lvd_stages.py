@@ -31,7 +31,7 @@ from manifests.errors import ManifestError
 from manifests.image_rows import read_image_rows, row_location
 from manifests.parquet_io import ShardedParquet, read_manifest, write_image_manifest
 from manifests.schemas import DEDUP, HASHES
-from manifests.sources import inputs_digests
+from manifests.sources import file_digest
 from pipelines.build_layout import BuildLayout
 from pipelines.curation_config import CurationConfig
 from pipelines.engines import Engine
@@ -58,7 +58,7 @@ class Sources:
         set they read is checked here, before any stage runs."""
         readers = [STAGE_READERS[stage] for stage in stages if stage in STAGE_READERS]
         names = dict.fromkeys(name for reader in readers for name in reader(config))
-        return cls(inputs_digests(config.urls),
+        return cls([file_digest(path) for path in config.urls],
                    {name: seed_set_source(name, config.seeds) for name in names})  # fmt: skip
 
     def of(self, names: list[str]) -> dict[str, str]:

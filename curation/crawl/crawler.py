@@ -91,14 +91,15 @@ def run_crawl(
     output = CrawlOutput(out_dir)
     shards = plan.shards(config.shard_size)
     settings = config.output_settings()
-    _claim_output(output, plan, config, [shard_source(s, settings) for s in shards])
+    sources = [shard_source(s, settings) for s in shards]
+    _claim_output(output, plan, config, sources)
     output.remove_partial()
     done = output.complete_shards()
     pending = [i for i in range(len(shards)) if i not in done]
     todo = sum(len(shards[i]) for i in pending)
     processes = min(local_processes(config.processes), max(len(pending), 1))
     task_config = _split_limits(config, processes)
-    tasks = [(i, shards[i], task_config, str(output.root)) for i in pending]
+    tasks = [(i, shards[i], task_config, str(output.root), sources[i]) for i in pending]
     runner(ShardTasks(crawl_shard, tasks, "crawl", todo, "url", processes=processes), progress)
     all_stats = [output.shard_stats(i) for i in range(len(shards))]
     codes: dict[str, int] = {}

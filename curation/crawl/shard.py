@@ -21,7 +21,7 @@ from curation.crawl.errors import CrawlError, ErrorCode
 from curation.crawl.fetch import Fetcher
 from curation.crawl.pixel_threads import PixelThreads
 from curation.crawl.process import init_worker, keep_opencv_threads, process_image
-from curation.crawl.urls import PlannedUrl, shard_source
+from curation.crawl.urls import PlannedUrl
 from curation.tasks import ItemCounter
 from manifests.crawl_output import CrawlOutput, ShardStats
 from manifests.image_shards import ImageShardWriter
@@ -127,13 +127,15 @@ def crawl_shard(
     planned: list[PlannedUrl],
     config: CrawlConfig,
     out_dir: str | Path,
+    source: str,
     on_items: ItemCounter | None = None,
 ) -> ShardStats:
-    """Crawl one shard's URLs in this process and commit it to ``out_dir``; returns its
-    stats. ``on_items(1, ok)`` is called as each URL finishes."""
+    """Crawl one shard's URLs in this process and commit it to ``out_dir``, its stats
+    recording ``source`` (:func:`~curation.crawl.urls.shard_source`); returns the stats.
+    ``on_items(1, ok)`` is called as each URL finishes."""
     with keep_opencv_threads():  # the process may do other work after this shard
         stats = _run_event_loop(_crawl_shard(index, planned, config, CrawlOutput(out_dir),
-                                             on_items))  # fmt: skip
+                                             source, on_items))  # fmt: skip
     log.info("shard %05d: %d/%d ok in %.1fs", stats.shard, stats.ok, stats.rows, stats.elapsed_s)
     return stats
 
@@ -143,6 +145,7 @@ async def _crawl_shard(
     planned: list[PlannedUrl],
     config: CrawlConfig,
     output: CrawlOutput,
+    source: str,
     on_items: ItemCounter | None,
 ) -> ShardStats:
     start = time.perf_counter()
@@ -162,7 +165,7 @@ async def _crawl_shard(
             error_codes=count_codes(rows),
             stored_bytes=sum(r["bytes"] for r in rows if r["status"] == "ok"),
             elapsed_s=round(time.perf_counter() - start, 3),
-            source=shard_source(planned, config.output_settings()),
+            source=source,
         )
         output.commit(index, images, rows, stats, asdict(config))
     return stats

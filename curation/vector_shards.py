@@ -100,8 +100,13 @@ class VectorShards:
     def sample(self, size: int, seed: int = 0) -> np.ndarray:
         """``size`` vectors drawn without replacement (every vector when there are no more),
         in global-id order."""
-        n = len(self)
-        if size >= n:
-            return self.gather(np.arange(n))
-        log.info("%s: fitting on a sample of %d of %d vectors", self.root, size, n)
-        return self.gather(np.sort(np.random.default_rng(seed).choice(n, size, replace=False)))
+        if size < len(self):
+            log.info("%s: fitting on a sample of %d of %d vectors", self.root, size, len(self))
+        return self.gather(sample_rows(len(self), size, seed))
+
+
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """``size`` of ``range(n)`` drawn without replacement, sorted (all when n <= size)."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))

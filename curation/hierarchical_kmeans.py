@@ -44,9 +44,7 @@ class LevelConfig:
 class HierarchyConfig:
     """The levels bottom-up (k shrinking), and how each k-means runs."""
 
-    levels: list[LevelConfig] = field(
-        default_factory=lambda: [LevelConfig(1000), LevelConfig(100)]
-    )
+    levels: list[LevelConfig] = field(default_factory=lambda: [LevelConfig(1000), LevelConfig(100)])
     niter: int = bounded(50, at_least=1)  # Lloyd iterations (the reference code's 50)
     nredo: int = bounded(1, at_least=1)  # k-means++ starts; the lowest objective wins
     # k-means++ seeds on a sample of k x this many points (its cost grows with k^2 x this)
@@ -196,9 +194,7 @@ def closest_per_cluster(
     return order[rank < r]
 
 
-def fit_level(
-    x: np.ndarray, level: LevelConfig, config: HierarchyConfig, position: int
-) -> Level:
+def fit_level(x: np.ndarray, level: LevelConfig, config: HierarchyConfig, position: int) -> Level:
     """One level over the rows of ``x``, in memory: k-means on a sample, then
     ``resampling_steps`` rounds of refitting on the ``r`` closest points of each cluster."""
     n = len(x)

@@ -132,8 +132,8 @@ def refit_first_level(
     commit step ``step``'s centroids, k-means of those vectors."""
     table = _closest(out, step).read(["query", "base", "similarity"])
     ids = table.column("query").to_numpy()
-    kept = closest_per_cluster(table.column("base").to_numpy(), ids,
-                               -table.column("similarity").to_numpy(), level.resample_size)  # fmt: skip
+    distance = -table.column("similarity").to_numpy()
+    kept = closest_per_cluster(table.column("base").to_numpy(), ids, distance, level.resample_size)
     centroids = refit(np.sort(ids[kept]), pool.gather, level.k, config, 1, step)
     _save(_centroids_path(out, step), centroids)
 

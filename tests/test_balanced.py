@@ -20,7 +20,6 @@ from curation.sharded_hierarchy import cluster_hierarchy
 from curation.vector_shards import VectorShards
 from manifests.config import ConfigError, from_dict
 from manifests.embeddings import EmbeddingStore
-from manifests.job import ResumeMismatchError
 
 
 @pytest.mark.parametrize(
@@ -76,7 +75,9 @@ def _blobs(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((12, 8)) * 3
     sizes = rng.zipf(1.6, 12).clip(1, 40) * 20  # imbalanced, like a web pool
-    x = np.concatenate([c + rng.standard_normal((s, 8)) for c, s in zip(centres, sizes, strict=True)])
+    x = np.concatenate(
+        [c + rng.standard_normal((s, 8)) for c, s in zip(centres, sizes, strict=True)]
+    )
     return x[rng.permutation(len(x))[:n]].astype(np.float32)
 
 
@@ -84,7 +85,7 @@ def _store(root, vectors: np.ndarray, shard: int) -> VectorShards:
     store = EmbeddingStore(root)
     store.claim({"model": "synthetic", "dim": vectors.shape[1]})
     for index, start in enumerate(range(0, len(vectors), shard)):
-        part = vectors[start:start + shard]
+        part = vectors[start : start + shard]
         store.write(index, [f"v{start + i}" for i in range(len(part))], np.ones(len(part), bool),
                     part)  # fmt: skip
     return VectorShards.select(str(root))[0]
@@ -114,8 +115,8 @@ def test_sharded_hierarchy_equals_the_in_memory_one_and_resumes(tmp_path):
 
 def test_a_hierarchy_whose_k_grows_or_a_bad_strategy_is_refused():
     with pytest.raises(ConfigError, match=r"k must not grow .*\[10, 20\]"):
-        hierarchical_kmeans(np.zeros((50, 2), np.float32),
-                            from_dict(HierarchyConfig, {"levels": [{"k": 10}, {"k": 20}]}))  # fmt: skip
+        config = from_dict(HierarchyConfig, {"levels": [{"k": 10}, {"k": 20}]})
+        hierarchical_kmeans(np.zeros((50, 2), np.float32), config)
     with pytest.raises(ValueError, match="strategy 'nearest'"):
         balanced_sample(_two_level([0, 1], [0, 0]), 1, np.random.default_rng(0), "nearest")
 

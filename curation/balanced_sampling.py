@@ -48,7 +48,7 @@ def balanced_sample(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} not in {STRATEGIES}")
     levels = hierarchy.levels
-    sizes = hierarchy.sizes()
+    sizes = hierarchy.counts()
     m = multiplier
     quota = water_fill(sizes[-1] * m, size, rng)  # the top level's clusters
     for position in range(len(levels) - 1, 0, -1):  # level -> the level below it
@@ -79,3 +79,15 @@ def _draw_leaves(
             picked = rng.choice(rows, extra, replace=False)
         drawn[picked] += 1
     return drawn
+
+
+def balance_profile(hierarchy: Hierarchy, drawn: np.ndarray, points: int = 200) -> list[dict]:
+    """Per level, the cluster sizes of the pool and of the drawn set, each sorted from the
+    largest (at most ``points`` ranks, evenly spaced): what the report plots."""
+    profile = []
+    for pool, curated in zip(hierarchy.counts(), hierarchy.counts(drawn), strict=True):
+        ranks = np.unique(np.linspace(0, len(pool) - 1, min(points, len(pool))).astype(int))
+        profile.append({"k": len(pool), "ranks": ranks.tolist(),
+                        "pool": np.sort(pool)[::-1][ranks].tolist(),
+                        "curated": np.sort(curated)[::-1][ranks].tolist()})  # fmt: skip
+    return profile

@@ -108,13 +108,14 @@ class Level:
 class Hierarchy:
     levels: list[Level]  # bottom-up
 
-    def sizes(self) -> list[np.ndarray]:
-        """Pool vectors under each cluster of each level, bottom-up."""
-        counts = [np.bincount(self.levels[0].assignment, minlength=self.levels[0].k)]
+    def counts(self, drawn: np.ndarray | None = None) -> list[np.ndarray]:
+        """Pool vectors (or draws, ``drawn`` per pool vector) under each cluster of each
+        level, bottom-up."""
+        first = self.levels[0]
+        counts = [np.bincount(first.assignment, weights=drawn, minlength=first.k)]
         for level in self.levels[1:]:
-            counts.append(np.bincount(level.assignment, weights=counts[-1],
-                                      minlength=level.k).astype(np.int64))  # fmt: skip
-        return counts
+            counts.append(np.bincount(level.assignment, weights=counts[-1], minlength=level.k))
+        return [np.rint(c).astype(np.int64) for c in counts]
 
 
 def squared_distances(

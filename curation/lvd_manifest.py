@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.balanced_sampling import balance_profile, balanced_sample
+from curation.hierarchical_kmeans import Hierarchy, HierarchyConfig
 from curation.index import KMeansConfig, SearchConfig
 from curation.local_runner import run_locally
 from curation.retrieval import (
@@ -25,6 +27,7 @@ from curation.retrieval import (
     sample_clusters,
     sample_nearest,
 )
+from curation.sharded_hierarchy import cluster_hierarchy
 from curation.tasks import ShardRunner
 from curation.vector_shards import VectorShards
 from manifests.atomic import write_bytes_atomic
@@ -51,8 +54,9 @@ class RetrievalConfig:
     seed_sets: list[SeedSetPlan] = field(default_factory=list)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)  # balanced method
     rows_per_shard: int = 100_000
-    seed: int = 0  # random choices of the cluster method
+    seed: int = 0  # random choices of the cluster and balanced methods
 
     def validate(self) -> None:
         if not self.pool.embeddings or not self.pool.manifest:
@@ -63,6 +67,8 @@ class RetrievalConfig:
             plan.validate_method()
             if plan.method == "as_is" and not plan.manifest:
                 raise ConfigError(f"seed set {plan.name}: as_is needs its manifest")
+        if any(plan.method == "balanced" for plan in self.seed_sets):
+            self.hierarchy.validate()
 
 
 def _candidate_pool(pool: PoolInputs) -> tuple[VectorShards, list[str], dict[str, Any]]:
@@ -87,7 +93,7 @@ def _as_is_rows(plan: SeedSetPlan) -> list[dict[str, Any]]:
     if not rows:
         raise ManifestError(f"seed set {plan.name}: {plan.manifest} lists no images")
     return [{"id": r["id"], **row_location(r), "seed_sets": [plan.name], "methods": ["as_is"],
-             "seed_ids": [r["id"]], "best_similarity": None, "cluster": None}
+             "seed_ids": [r["id"]], "best_similarity": None, "cluster": None, "copies": 1}
             for r in rows]  # fmt: skip
 
 
@@ -110,6 +116,8 @@ def write_lvd_manifest(
     work = Path(out) / "search"
     rng = np.random.default_rng(config.seed)
     clusters: PoolClusters | None = None
+    hierarchy: Hierarchy | None = None
+    balance: dict[str, list[dict[str, Any]]] = {}
     retrieved: dict[str, tuple[str, Candidates]] = {}
     as_is: list[dict[str, Any]] = []
     table15 = []
@@ -119,6 +127,17 @@ def write_lvd_manifest(
             rows = _as_is_rows(plan)
             as_is += rows
             entry |= {"seed_images": len(rows), "retrieved": len(rows), "after_cap": len(rows)}
+            table15.append(entry)
+            continue
+        if plan.method == "balanced":
+            hierarchy = hierarchy or cluster_hierarchy(pool, config.hierarchy, work, runner,
+                                                       progress)  # fmt: skip
+            drawn = balanced_sample(hierarchy, plan.size, rng, plan.strategy, plan.multiplier)
+            found = _drawn(hierarchy, drawn)
+            retrieved[plan.name] = (plan.method, found)
+            balance[plan.name] = balance_profile(hierarchy, drawn)
+            entry |= {"seed_images": 0, "retrieved": int(drawn.sum()),
+                      "after_cap": len(found.pool_rows)}  # fmt: skip
             table15.append(entry)
             continue
         store = EmbeddingStore(plan.embeddings)
@@ -158,9 +177,18 @@ def write_lvd_manifest(
     lvd.write_table(table, config.rows_per_shard)
     stats = {"images": table.num_rows, "candidates": len(pool), "seed_sets": table15,
              "kmeans": {"k": config.kmeans.k, "clusters": len(clusters.centroids)}
-             if clusters is not None else None}  # fmt: skip
+             if clusters is not None else None,
+             "hierarchy": [level.k for level in hierarchy.levels] if hierarchy else None,
+             "balance": balance}  # fmt: skip
     write_bytes_atomic(Path(out) / "retrieval_stats.json", json.dumps(stats, indent=1).encode())
     return stats
+
+
+def _drawn(hierarchy: Hierarchy, drawn: np.ndarray) -> Candidates:
+    """A balanced draw as candidates: the pool rows drawn, their leaf cluster and copies."""
+    rows = np.flatnonzero(drawn)
+    return Candidates(rows, [None] * len(rows), np.full(len(rows), np.nan),
+                      hierarchy.levels[0].assignment[rows], drawn[rows])  # fmt: skip
 
 
 def _sized(config: KMeansConfig, n: int) -> KMeansConfig:
@@ -189,4 +217,5 @@ def _merge_by_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen[key] = sorted(set(seen[key] or []) | set(row[key] or []))
         sims = [s for s in (seen["best_similarity"], row["best_similarity"]) if s is not None]
         seen["best_similarity"] = max(sims) if sims else None
+        seen["copies"] = max(seen["copies"], row["copies"])
     return list(by_id.values())

@@ -9,6 +9,9 @@ Per seed set, one of:
 - ``cluster``: the pool is clustered once (k-means, 100,000 clusters in the paper); every
   cluster holding more than ``min_seeds`` seed images contributes up to ``per_cluster``
   of its pool images (random), and the seed set at most ``cap`` (random).
+- ``balanced``: no seed images; ``size`` pool images drawn evenly over a hierarchical
+  k-means of the pool (Vo et al. 2024, DINOv3's LVD-1689M;
+  :mod:`curation.balanced_sampling`).
 
 A pool image retrieved by several seeds or seed sets is one row whose provenance lists
 them all.
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curation.balanced_sampling import STRATEGIES
 from curation.index import (
     KMeansConfig,
     SearchConfig,
@@ -35,14 +39,14 @@ from curation.sharded_search import SearchPlan, run_search
 from curation.tasks import ItemCounter, ShardRunner, ShardTasks
 from curation.vector_shards import VectorShards
 from manifests.atomic import atomic_path
-from manifests.config import ConfigError
+from manifests.config import ConfigError, bounded
 from manifests.job import claim_directory, job_directory
 from manifests.parquet_io import ShardedParquet
 from manifests.schemas import NEIGHBOURS
 
 log = logging.getLogger(__name__)
 
-METHODS = ("as_is", "sample", "cluster")
+METHODS = ("as_is", "sample", "cluster", "balanced")
 CENTROIDS = "centroids.npy"
 
 
@@ -50,12 +54,15 @@ CENTROIDS = "centroids.npy"
 class SeedSetPlan:
     name: str
     embeddings: str = ""  # pipelines.embed output for the seed set (not used by as_is)
-    method: str = "sample"  # as_is | sample | cluster
+    method: str = "sample"  # as_is | sample | cluster | balanced
     manifest: list[str] = field(default_factory=list)  # as_is: where its images are
     k: int | None = None  # sample: neighbours per seed image; None: 32 for imagenet1k, else 4
     min_seeds: int = 3  # cluster: a cluster needs more seed images than this
     per_cluster: int = 10_000  # cluster: pool images taken from each chosen cluster
     cap: int = 1_000_000  # cluster: pool images per seed set at most
+    size: int = bounded(1_000_000, at_least=1)  # balanced: images drawn
+    strategy: str = "random"  # balanced: inside a leaf cluster, random | closest
+    multiplier: int = bounded(1, at_least=1)  # balanced: times one image may be drawn
 
     @property
     def neighbours(self) -> int:
@@ -64,9 +71,17 @@ class SeedSetPlan:
             return self.k
         return 32 if self.name == "imagenet1k" else 4
 
+    @property
+    def has_seeds(self) -> bool:
+        """Whether the plan reads seed images (a balanced draw reads the pool only)."""
+        return self.method != "balanced"
+
     def validate_method(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"seed set {self.name}: method {self.method!r} not in {METHODS}")
+        if self.method == "balanced" and self.strategy not in STRATEGIES:
+            raise ConfigError(f"seed set {self.name}: strategy {self.strategy!r} not in "
+                              f"{STRATEGIES}")  # fmt: skip
 
 
 @dataclass
@@ -75,8 +90,9 @@ class Candidates:
 
     pool_rows: np.ndarray
     seed_ids: list[str | None]
-    similarity: np.ndarray
+    similarity: np.ndarray  # NaN where none (balanced)
     cluster: np.ndarray  # -1 where not retrieved by clustering
+    copies: np.ndarray | None = None  # times each is drawn (balanced); None: once each
 
 
 def sample_nearest(
@@ -184,16 +200,18 @@ def sample_clusters(
 
 def merge_provenance(per_set: dict[str, tuple[str, Candidates]]) -> pa.Table:
     """One row per retrieved pool image: pool_row, seed_sets, methods, seed_ids,
-    best_similarity, cluster (null unless clustered)."""
+    best_similarity, cluster (null unless clustered), copies (the most any draw asked)."""
     parts = []
     for name, (method, c) in per_set.items():
+        copies = np.ones(len(c.pool_rows), np.int64) if c.copies is None else c.copies
         parts.append(pa.table({
             "pool_row": pa.array(c.pool_rows, pa.int64()),
             "seed_set": pa.array([name] * len(c.pool_rows), pa.string()),
             "method": pa.array([method] * len(c.pool_rows), pa.string()),
             "seed_id": pa.array(c.seed_ids, pa.string()),
-            "similarity": pa.array(c.similarity, pa.float32()),
+            "similarity": pa.array(c.similarity, pa.float32(), from_pandas=True),  # NaN: null
             "cluster": pa.array(np.where(c.cluster >= 0, c.cluster, None), pa.int64()),
+            "copies": pa.array(copies, pa.int32()),
         }))  # fmt: skip
     if not parts:
         return pa.table({"pool_row": pa.array([], pa.int64())})
@@ -201,10 +219,10 @@ def merge_provenance(per_set: dict[str, tuple[str, Candidates]]) -> pa.Table:
     # the recipe's order); threads make it vary between runs of the same inputs
     grouped = pa.concat_tables(parts).group_by("pool_row", use_threads=False).aggregate([
         ("seed_set", "distinct"), ("method", "distinct"), ("seed_id", "distinct"),
-        ("similarity", "max"), ("cluster", "max"),
+        ("similarity", "max"), ("cluster", "max"), ("copies", "max"),
     ])  # fmt: skip
     grouped = grouped.sort_by("pool_row")
     names = {"seed_set_distinct": "seed_sets", "method_distinct": "methods",
              "seed_id_distinct": "seed_ids", "similarity_max": "best_similarity",
-             "cluster_max": "cluster"}  # fmt: skip
+             "cluster_max": "cluster", "copies_max": "copies"}  # fmt: skip
     return grouped.rename_columns([names.get(n, n) for n in grouped.column_names])

@@ -28,7 +28,9 @@ ImageRow = dict[str, Any]
 
 
 def read_image_rows(paths: list[str | Path]) -> list[ImageRow]:
-    """``[{"id", "source", "key", "label"}]`` for every usable row of the manifests, in order."""
+    """``[{"id", "source", "key", "label"}]`` for every usable row of the manifests, in
+    order; a row with ``copies`` (an LVD manifest's balanced draw) is listed that many
+    times."""
     rows: list[ImageRow] = []
     for file in manifest_files(paths):
         table = read_table(file)
@@ -38,15 +40,11 @@ def read_image_rows(paths: list[str | Path]) -> list[ImageRow]:
         ids = table.column("id").to_pylist() if "id" in names else [None] * table.num_rows
         sources = _sources(file, table)
         labels = table.column("label").to_pylist() if "label" in names else [None] * len(sources)
+        copies = table.column("copies").to_pylist() if "copies" in names else [1] * len(sources)
         for i, (source, key) in enumerate(sources):
-            rows.append(
-                {
-                    "id": ids[i] if ids[i] is not None else f"{file.name}:{i}",
-                    "source": source,
-                    "key": key,
-                    "label": labels[i],
-                }
-            )
+            row = {"id": ids[i] if ids[i] is not None else f"{file.name}:{i}",
+                   "source": source, "key": key, "label": labels[i]}  # fmt: skip
+            rows += [row] * (copies[i] or 1)
     return rows
 
 

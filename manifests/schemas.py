@@ -133,7 +133,7 @@ SAFETY = ManifestSchema(
 
 LVD = ManifestSchema(
     name="lvd",
-    version=1,
+    version=2,
     arrow=pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -141,10 +141,13 @@ LVD = ManifestSchema(
             pa.field("tar", pa.string()),  # a tar shard and
             pa.field("key", pa.string()),  # the sample key in it
             pa.field("seed_sets", pa.list_(pa.string()), nullable=False),
-            pa.field("methods", pa.list_(pa.string()), nullable=False),  # as_is/sample/cluster
+            # as_is / sample / cluster / balanced (DINOv3's LVD-1689M mixes the last two)
+            pa.field("methods", pa.list_(pa.string()), nullable=False),
             pa.field("seed_ids", pa.list_(pa.string())),  # seeds that retrieved it
             pa.field("best_similarity", pa.float32()),  # cosine to a seed (or centroid)
-            pa.field("cluster", pa.int64()),  # pool cluster when retrieved by clustering
+            pa.field("cluster", pa.int64()),  # pool cluster (leaf cluster when balanced)
+            # times the trainer reads it per pass (a balanced draw's multiplier); null: once
+            pa.field("copies", pa.int32()),
         ]
     ),
 )

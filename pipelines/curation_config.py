@@ -10,6 +10,7 @@ from pathlib import Path
 from curation.crawl.config import CrawlConfig
 from curation.dedup.stage import DedupConfig
 from curation.embed import EmbedConfig
+from curation.hierarchical_kmeans import HierarchyConfig
 from curation.index import KMeansConfig, SearchConfig
 from curation.retrieval import SeedSetPlan
 from curation.safety.stage import SafetyConfig
@@ -32,8 +33,9 @@ class CurationConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)  # balanced method
     rows_per_shard: int = 100_000  # LVD manifest
-    seed: int = 0  # random choices of the cluster method
+    seed: int = 0  # random choices of the cluster and balanced methods
 
     def select_seed_sets(self, names: list[str]) -> None:
         """Keep only the named seed sets (``--seed-sets``; a name may have several plans,
@@ -45,6 +47,10 @@ class CurationConfig:
                               f"(it has {sorted(known)})")  # fmt: skip
         self.seed_sets = [plan for plan in self.seed_sets if plan.name in names]
 
+    def seed_set_names(self) -> list[str]:
+        """The seed sets whose images the recipe reads (a balanced draw reads none)."""
+        return list(dict.fromkeys(p.name for p in self.seed_sets if p.has_seeds))
+
     def validate(self) -> None:
         if not self.urls:
             raise ConfigError("no URL inputs: give --urls PATH... or urls: in the config")
@@ -52,7 +58,8 @@ class CurationConfig:
             raise ConfigError("seed_sets: at least one seed set is required")
         for plan in self.seed_sets:
             plan.validate_method()
-        for name in [p.name for p in self.seed_sets] + self.evaluation_sets:
+        self.hierarchy.validate()
+        for name in self.seed_set_names() + self.evaluation_sets:
             adapter, root = resolve(name, self.seeds)
             if not Path(root).exists():
                 raise ConfigError(f"seed set {name}: {root} does not exist; expected "

@@ -30,7 +30,7 @@ from manifests.atomic import write_bytes_atomic
 from manifests.errors import ManifestError
 from manifests.image_rows import read_image_rows, row_location
 from manifests.parquet_io import ShardedParquet, read_manifest, write_image_manifest
-from manifests.schemas import DEDUP, HASHES
+from manifests.schemas import DEDUP, HASHES, LVD
 from manifests.sources import file_digest
 from pipelines.build_layout import BuildLayout
 from pipelines.curation_config import CurationConfig
@@ -40,7 +40,7 @@ from pipelines.report import write_report
 # the stages that read seed or evaluation sets, and which
 STAGE_READERS: dict[str, Callable[[CurationConfig], list[str]]] = {
     "dedup": lambda c: c.evaluation_sets,
-    "embed_seeds": lambda c: [p.name for p in c.seed_sets],
+    "embed_seeds": lambda c: c.seed_set_names(),
 }
 
 
@@ -158,7 +158,7 @@ def embed_seeds(b: Build) -> dict[str, Any]:
     """One manifest per seed set, and its embeddings unless every plan takes it as is."""
     plans = b.config.seed_sets
     summary = {}
-    for name in dict.fromkeys(p.name for p in plans):
+    for name in b.config.seed_set_names():
         manifest, count = write_seed_manifest(name, b.config.seeds, b.seed_manifests)
         summary[name] = {"images": count}
         if any(p.method != "as_is" for p in plans if p.name == name):
@@ -170,11 +170,13 @@ def embed_seeds(b: Build) -> dict[str, Any]:
 def retrieve(b: Build) -> dict[str, Any]:
     c = b.config
     plans = [replace(plan, manifest=[str(b.seed_manifest(plan.name))],
-                     embeddings="" if plan.method == "as_is" else str(b.seed_embeddings(plan.name)))
-             for plan in c.seed_sets]  # fmt: skip
+                     embeddings=str(b.seed_embeddings(plan.name))
+                     if plan.method in ("sample", "cluster") else "")
+             if plan.has_seeds else plan for plan in c.seed_sets]  # fmt: skip
     embeddings = str(b.pool_embeddings(b.config.model))
     pool = PoolInputs([str(b.safe_manifest)], embeddings, str(b.dir("dedup")))
-    config = RetrievalConfig(pool, plans, c.kmeans, c.search, c.rows_per_shard, c.seed)
+    config = RetrievalConfig(pool, plans, c.kmeans, c.search, c.hierarchy, c.rows_per_shard,
+                             c.seed)  # fmt: skip
     return write_lvd_manifest(config, b.dir("retrieve"), b.out, b.engine.runner("retrieve"),
                               b.progress)  # fmt: skip
 
@@ -239,11 +241,12 @@ STAGES = (
                                          "relative": "relative"})),
     Stage("embed_seeds", embed_seeds, (),
           lambda c, src: {"seed_sets": [asdict(p) for p in c.seed_sets], "model": c.model,
-                          "sources": src.of([p.name for p in c.seed_sets]),
+                          "sources": src.of(c.seed_set_names()),
                           "embed": asdict(c.embed)},
           _describe_embedded),
     Stage("retrieve", retrieve, ("safety", "embed_pool", "dedup", "embed_seeds"),
           lambda c, src: {"kmeans": asdict(c.kmeans), "search": asdict(c.search),
+                          "hierarchy": asdict(c.hierarchy), "manifest": LVD.tag,
                           "rows_per_shard": c.rows_per_shard, "seed": c.seed},
           _describe_retrieval),
     Stage("report", report, ("crawl", "hash", "safety", "dedup", "retrieve"), lambda c, src: None,

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation.hierarchical_kmeans import HierarchyConfig, LevelConfig
 from curation.index import KMeansConfig, SearchConfig, build_search_index, kmeans, search
 from curation.lvd_manifest import PoolInputs, RetrievalConfig, write_lvd_manifest
 from curation.retrieval import Candidates, SeedSetPlan, merge_provenance
@@ -228,3 +229,58 @@ def test_k_is_sized_to_a_small_pool_and_a_cluster_set_that_gets_nothing_says_why
         write_lvd_manifest(config, world["root"] / "out2")
     with pytest.raises(ConfigError, match="kmeans.k: expected at least 1 and at most 1000000000"):
         load_config(RetrievalConfig, None, ["kmeans.k=1000000000000000000000000"])
+
+
+def _imbalanced_pool(root, sizes: list[int]) -> tuple[PoolInputs, list[str], np.ndarray]:
+    rng = np.random.default_rng(1)
+    centres = _unit(rng.standard_normal((len(sizes), DIM)))
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    vectors = _unit(centres[labels] + 0.05 * rng.standard_normal((len(labels), DIM)))
+    ids = [f"p{i:04d}" for i in range(len(labels))]
+    (root / "img").mkdir(parents=True)
+    for i in range(len(ids)):
+        (root / "img" / f"{ids[i]}.jpg").write_bytes(encode(make_photo(i, 32, 24)))
+    pq.write_table(pa.table({"id": ids, "path": [f"img/{i}.jpg" for i in ids]}),
+                   root / "pool.parquet")  # fmt: skip
+    pool = PoolInputs([str(root / "pool.parquet")], _embeddings(root / "emb", ids, vectors))
+    return pool, ids, labels
+
+
+def test_balanced_draws_evenly_from_an_imbalanced_pool_beside_a_retrieval_set(tmp_path):
+    sizes = [400, 150, 40, 20, 12, 10]  # head to tail 40:1
+    pool, ids, labels = _imbalanced_pool(tmp_path, sizes)
+    hierarchy = HierarchyConfig(levels=[LevelConfig(24, 3), LevelConfig(6, 3)], niter=20,
+                                min_cluster_size=2)  # fmt: skip
+    seed_vectors = _unit(np.eye(1, DIM, dtype=np.float32))
+    seeds = SeedSetPlan(
+        name="near",
+        method="sample",
+        k=2,
+        embeddings=_embeddings(tmp_path / "seeds", ["s0"], seed_vectors),
+    )
+    config = RetrievalConfig(pool=pool, hierarchy=hierarchy, seed_sets=[
+        SeedSetPlan(name="web", method="balanced", size=60), seeds])  # fmt: skip
+    stats = write_lvd_manifest(config, tmp_path / "out")
+    rows = read_manifest([tmp_path / "out" / "lvd"], LVD).to_pylist()
+    web = [r for r in rows if "web" in r["seed_sets"]]
+    assert len(web) == 60 and all(r["methods"][0] == "balanced" for r in web)
+    assert all(r["cluster"] is not None and r["best_similarity"] is None for r in web)
+    per_label = np.bincount([labels[ids.index(r["id"])] for r in web], minlength=len(sizes))
+    # random draws would give the head 60 x 400/632 = 38; water-filling gives every
+    # cluster about 10, all of the smallest
+    assert per_label.max() <= 16 and per_label.min() >= 7, per_label
+    assert {r["id"] for r in rows if "near" in r["seed_sets"]}  # the retrieval set beside it
+    assert stats["hierarchy"] == [24, 6]
+    top = stats["balance"]["web"][-1]
+    assert sum(top["curated"]) == 60 and max(top["pool"]) >= 150
+    assert max(top["curated"]) - min(top["curated"]) <= 2  # the top level is water-filled
+
+    config.seed_sets = [SeedSetPlan(name="web", method="balanced", size=1300, multiplier=2)]
+    write_lvd_manifest(config, tmp_path / "twice")
+    table = read_manifest([tmp_path / "twice" / "lvd"], LVD)
+    assert table.num_rows == 632 and max(table.column("copies").to_pylist()) == 2
+    assert len(ManifestImageDataset.from_manifests([tmp_path / "twice" / "lvd"])) == 1264
+    with pytest.raises(ConfigError, match="strategy 'nearest' not in"):
+        load_config(RetrievalConfig, None, ["pool.manifest=[a]", "pool.embeddings=e",
+                                            "seed_sets=[{name: w, method: balanced, "
+                                            "strategy: nearest}]"]).validate()  # fmt: skip

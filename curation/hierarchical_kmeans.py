@@ -48,7 +48,7 @@ class HierarchyConfig:
     niter: int = bounded(50, at_least=1)  # Lloyd iterations (the reference code's 50)
     nredo: int = bounded(1, at_least=1)  # k-means++ starts; the lowest objective wins
     # k-means++ seeds on a sample of k x this many points (its cost grows with k^2 x this)
-    init_points_per_centroid: int | None = bounded(32, at_least=1)
+    init_points_per_centroid: int | None = bounded(16, at_least=1)
     # level 1 and every resampling step fit on a sample of k x this many points (None: all)
     max_points_per_centroid: int | None = bounded(256, at_least=1)
     # a level of n points is cut into at most n // this many clusters

@@ -133,7 +133,7 @@ def write_lvd_manifest(
             hierarchy = hierarchy or cluster_hierarchy(pool, config.hierarchy, work, runner,
                                                        progress)  # fmt: skip
             drawn = balanced_sample(hierarchy, plan.size, rng, plan.strategy, plan.multiplier)
-            found = _drawn(hierarchy, drawn)
+            found = _drawn(drawn)
             retrieved[plan.name] = (plan.method, found)
             balance[plan.name] = balance_profile(hierarchy, drawn)
             entry |= {"seed_images": 0, "retrieved": int(drawn.sum()),
@@ -184,11 +184,12 @@ def write_lvd_manifest(
     return stats
 
 
-def _drawn(hierarchy: Hierarchy, drawn: np.ndarray) -> Candidates:
-    """A balanced draw as candidates: the pool rows drawn, their leaf cluster and copies."""
+def _drawn(drawn: np.ndarray) -> Candidates:
+    """A balanced draw as candidates: the pool rows drawn and their copies (``cluster`` is
+    the cluster method's k-means; the hierarchy's clusters are in its own files)."""
     rows = np.flatnonzero(drawn)
     return Candidates(rows, [None] * len(rows), np.full(len(rows), np.nan),
-                      hierarchy.levels[0].assignment[rows], drawn[rows])  # fmt: skip
+                      np.full(len(rows), -1), drawn[rows])  # fmt: skip
 
 
 def _sized(config: KMeansConfig, n: int) -> KMeansConfig:

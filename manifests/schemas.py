@@ -145,7 +145,7 @@ LVD = ManifestSchema(
             pa.field("methods", pa.list_(pa.string()), nullable=False),
             pa.field("seed_ids", pa.list_(pa.string())),  # seeds that retrieved it
             pa.field("best_similarity", pa.float32()),  # cosine to a seed (or centroid)
-            pa.field("cluster", pa.int64()),  # pool cluster (leaf cluster when balanced)
+            pa.field("cluster", pa.int64()),  # pool cluster when retrieved by clustering
             # times the trainer reads it per pass (a balanced draw's multiplier); null: once
             pa.field("copies", pa.int32()),
         ]

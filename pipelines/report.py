@@ -11,6 +11,7 @@ import html
 import io
 import json
 import logging
+import math
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,6 +136,42 @@ def _table15(build: BuildLayout) -> str:
                   rows) + sized  # fmt: skip
 
 
+def _size_plot(level: dict[str, Any], width: int = 320, height: int = 180) -> str:
+    """An inline SVG of one level's cluster sizes, largest first (log scale): the pool's
+    (grey) and the balanced set's (blue)."""
+    top = max(max(level["pool"]), 1)
+    last = max(level["ranks"][-1], 1)
+    scale = math.log10(top) or 1.0
+
+    def line(sizes: list[int], colour: str) -> str:
+        points = " ".join(
+            f"{30 + (width - 40) * r / last:.1f},"
+            f"{height - 20 - (height - 30) * math.log10(max(n, 1)) / scale:.1f}"
+            for r, n in zip(level["ranks"], sizes, strict=True)
+        )
+        return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
+
+    return (f'<svg width="{width}" height="{height}" role="img"><text x="30" y="12" '
+            f'font-size="11">{level["k"]:,} clusters (size, log scale; largest {top:,})</text>'
+            f'{line(level["pool"], "#999")}{line(level["curated"], "#4a7bd0")}'
+            f'<text x="30" y="{height - 4}" font-size="10">clusters by size, largest first'
+            "</text></svg>")  # fmt: skip
+
+
+def _balance(build: BuildLayout) -> str:
+    stats = _json(build.retrieval_stats)
+    parts = []
+    for name, levels in (stats.get("balance") or {}).items():
+        plots = "".join(f"<figure>{_size_plot(level)}<figcaption>level {i}</figcaption></figure>"
+                        for i, level in enumerate(levels, 1))  # fmt: skip
+        parts.append(f'<h3>{html.escape(name)}</h3><div class="row">{plots}</div>')
+    if not parts:
+        return "<p>No seed set used the balanced method.</p>"
+    return ("<p>Cluster sizes of the hierarchical k-means, per level: the pool (grey) and the "
+            "balanced set (blue). A balanced set is flat where the pool is not.</p>"
+            + "".join(parts))  # fmt: skip
+
+
 def _duplicate_groups(build: BuildLayout, thumbs: _Thumbs) -> str:
     files = build.dedup_manifest
     if not files.is_dir():
@@ -244,6 +281,7 @@ def write_report(
         ("Seed sets (as the paper's Table 15)", _table15(build)),
         ("Duplicate groups (green: the image kept)", _duplicate_groups(build, thumbs)),
         ("Sample clusters", _clusters(lvd, thumbs, build)),
+        ("Balance (the balanced method: pool vs curated, per level)", _balance(build)),
         ("Retrieval examples (orange: the seed image; captions: cosine)",
          _retrieval_examples(lvd, thumbs)),
         ("Build: stages, times and recipe", _about(build, list(stages), recipe)),

@@ -114,7 +114,9 @@ def test_demo_build_runs_every_stage_and_reconciles(web, local_build):
     page = (out / "report.html").read_text()
     assert "Safety" in page and f"<td>{len(blurred)}</td>" in page
     sets = {s for row in lvd.column("seed_sets").to_pylist() for s in row}
-    assert sets == {"demo_sample", "demo_cluster"}
+    assert sets == {"demo_sample", "demo_cluster", "demo_balanced"}
+    balanced = [r for r in lvd.to_pylist() if "balanced" in r["methods"]]
+    assert len(balanced) == 40 and {r["copies"] for r in balanced} == {1}
     sample = [r for r in lvd.to_pylist() if "sample" in r["methods"]]
     # each seed is an edited view of a pool photo: its nearest kept image is that photo
     assert max(r["best_similarity"] for r in sample) > 0.9
@@ -140,6 +142,7 @@ def test_the_report_tells_the_whole_funnel_the_recipe_and_what_it_withholds(web,
     assert "Report written 20" in page and "<td>embed_pool</td><td>local</td>" in page
     assert f"k: {config.kmeans.k}" in page  # the recipe
     assert '<span class="label">demo_sample</span>' in page  # retrieval rows name their set
+    assert page.count("<polyline") == 4  # the balanced draw's 2 levels, pool and curated
     build = BuildLayout(out)
     dedup = dedup_table(out).to_pylist()
     groups = Counter(r["copy_component"] for r in dedup)

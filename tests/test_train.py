@@ -270,3 +270,29 @@ def test_a_step_under_bfloat16_autocast_computes_in_bfloat16_and_keeps_float32_w
     hook.remove()
     assert torch.bfloat16 in seen and torch.isfinite(terms["loss"])
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_mix_source_fills_its_share_of_batches_and_bad_ratios_are_refused(
+    manifest, tmp_path, capsys
+):
+    other = tmp_path / "imagenet"
+    other.mkdir()
+    (other / "a.jpg").write_bytes(encode(make_photo(99, 64, 64)))
+    pq.write_table(pa.table({"id": ["in-0"] * 1, "path": ["a.jpg"]}), other / "00000.parquet")
+    mix = f"data.mix=[{{manifest: [{other}], ratio: 0.5}}]"
+    args = ["--config", "configs/train/tiny_cpu.yaml", "--manifest", str(manifest),
+            "--output-dir", str(tmp_path / "run"), "--no-progress", *OVERRIDES]  # fmt: skip
+    assert trainer.main([*args, mix]) == 2  # 1 image cannot fill a batch of 4
+    assert "1 images cannot fill one batch of data.batch_size=4" in capsys.readouterr().err
+    pq.write_table(pa.table({"id": [f"in-{i}" for i in range(4)], "path": ["a.jpg"] * 4}),
+                   other / "00000.parquet")  # fmt: skip
+    assert trainer.main([*args, mix]) == 0
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", [*OVERRIDES, mix])
+    loader = trainer.build_loader(config, [str(manifest)])
+    sampler = loader.batch_sampler
+    picked = [sampler.source(b)[0] for b in range(400)]
+    assert 0.4 <= sum(picked) / 400 <= 0.6
+    bad = f"data.mix=[{{manifest: [{other}], ratio: 0.6}}, {{manifest: [{other}], ratio: 0.4}}]"
+    assert trainer.main([*args[:-len(OVERRIDES)], "--output-dir", str(tmp_path / "bad"),
+                         *OVERRIDES, bad]) == 2  # fmt: skip
+    assert "data.mix: ratios sum to 1; they must leave a share" in capsys.readouterr().err

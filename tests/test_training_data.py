@@ -90,3 +90,30 @@ def test_a_row_without_an_image_location_is_named(tmp_path):
                    tmp_path / "empty.parquet")  # fmt: skip
     with pytest.raises(ManifestError, match=r"empty.parquet'\]: no usable image rows"):
         ManifestImageDataset.from_manifests([tmp_path / "empty.parquet"])
+
+
+def test_mixed_batches_come_whole_from_one_source_at_its_ratio_and_resume_exactly():
+    from training.data.stream import MixedBatchSampler
+
+    sizes, batch = [50, 12], 4
+    sampler = MixedBatchSampler(sizes, [0.9, 0.1], batch, seed=3, world_size=2, rank=1)
+    sampler.BLOCK = 256  # several blocks in the range below
+    sources = []
+    for b in range(3000):
+        items = sampler.items(b)
+        from_second = [index >= sizes[0] for index, _ in items]
+        assert len(set(from_second)) == 1  # a batch is whole from one source
+        sources.append(from_second[0])
+    assert 0.08 <= sum(sources) / len(sources) <= 0.12
+    second = [index for b in range(3000) if sources[b] for index, _ in sampler.items(b)]
+    per_pass = 12 // (batch * 2)  # one batch per pass of the small source on this rank
+    assert len(set(second[: per_pass * batch])) == batch  # no image twice within a pass
+    resumed = MixedBatchSampler(sizes, [0.9, 0.1], batch, seed=3, world_size=2, rank=1,
+                                start_batch=2500)  # fmt: skip
+    resumed.BLOCK = 256
+    assert next(iter(resumed)) == sampler.items(2500)
+    other_rank = MixedBatchSampler(sizes, [0.9, 0.1], batch, seed=3, world_size=2, rank=0)
+    other_rank.BLOCK = 256
+    assert all((other_rank.items(b)[0][0] >= 50) == sources[b] for b in range(300))
+    seeds = [seed for b in range(300) for _, seed in sampler.items(b)]
+    assert len(set(seeds)) == len(seeds)  # every sample's augmentation is its own

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from manifests.config import bounded
+from manifests.config import ConfigError, bounded
 from training.data.augmentations import MultiCropConfig
 from training.ssl_meta_arch import SSLConfig
 
@@ -33,6 +33,15 @@ class TeacherConfig:
 
 
 @dataclass
+class MixSource:
+    """Manifests whose images fill ``ratio`` of the batches, whole batches of them alone
+    (DINOv3 draws 10% of its batches from ImageNet-1k, the rest from LVD-1689M)."""
+
+    manifest: list[str] = field(default_factory=list)
+    ratio: float = bounded(0.1, above=0, at_most=1)
+
+
+@dataclass
 class DataConfig:
     batch_size: int = bounded(64, at_least=1)  # per rank
     num_workers: int = bounded(8, at_least=0)
@@ -40,6 +49,19 @@ class DataConfig:
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     # a run stops with an error when more of the images it tried than this could not be read
     max_skipped_fraction: float = bounded(0.5, at_least=0, at_most=1)
+    # other sources of whole batches beside --manifest, which fills what their ratios leave
+    mix: list[MixSource] = field(default_factory=list)
+
+    def ratios(self) -> list[float]:
+        """The share of batches of --manifest, then of each mix source."""
+        rest = 1.0 - sum(m.ratio for m in self.mix)
+        if rest <= 0:
+            raise ConfigError(f"data.mix: ratios sum to {1 - rest:g}; they must leave a share "
+                              "(below 1) for --manifest")  # fmt: skip
+        for position, source in enumerate(self.mix):
+            if not source.manifest:
+                raise ConfigError(f"data.mix[{position}].manifest: at least one path is needed")
+        return [rest, *(m.ratio for m in self.mix)]
 
 
 @dataclass

@@ -40,13 +40,14 @@ from manifests.config import (
     describe,
 )
 from manifests.errors import PATH_ERRORS, ManifestError, error_line
+from manifests.image_rows import require_image_rows
 from manifests.job import claim_directory
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data.augmentations import MultiCropAugmentation
 from training.data.collate import MultiCropCollate
 from training.data.dataset import ManifestImageDataset
-from training.data.stream import StreamBatchSampler
+from training.data.stream import MixedBatchSampler, StreamBatchSampler
 from training.distributed import Dist, init_distributed, shard
 from training.schedules import (
     cosine_schedule,
@@ -156,15 +157,20 @@ def build_loader(
 ) -> DataLoader:
     """Batches from ``start_batch`` on; each is a function of its index (exact resume)."""
     augmentation = MultiCropAugmentation(config.crops)
-    dataset = ManifestImageDataset.from_manifests(manifests, augmentation.geometric)
+    sources = [manifests, *(m.manifest for m in config.data.mix)]
+    parts = [require_image_rows(paths) for paths in sources]
+    dataset = ManifestImageDataset([row for part in parts for row in part], augmentation.geometric)
     grid = config.crops.global_size // config.model.backbone.patch_size
     collate = MultiCropCollate(
         (grid, grid), config.data.mask_probability, config.data.mask_ratio,
         photometric=augmentation.photometric,
     )  # fmt: skip
-    sampler = StreamBatchSampler(
-        len(dataset), config.data.batch_size, config.seed, rank, world, start_batch
-    )
+    batch = config.data.batch_size
+    if config.data.mix:
+        sampler = MixedBatchSampler([len(p) for p in parts], config.data.ratios(), batch,
+                                    config.seed, rank, world, start_batch)  # fmt: skip
+    else:
+        sampler = StreamBatchSampler(len(dataset), batch, config.seed, rank, world, start_batch)
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=config.data.num_workers, collate_fn=collate,
         persistent_workers=config.data.num_workers > 0,
@@ -224,7 +230,7 @@ def train(
     config: TrainConfig, manifests: list[str], output_dir: str | Path, progress: bool = True
 ) -> dict:
     """Run the whole schedule (resuming if a checkpoint exists); returns the last metrics."""
-    _refuse_build_directories(manifests)
+    _refuse_build_directories([*manifests, *(p for m in config.data.mix for p in m.manifest)])
     d = init_distributed()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

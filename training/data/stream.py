@@ -9,7 +9,9 @@ an uninterrupted run would have, whatever the number of DataLoader workers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -57,4 +59,51 @@ class StreamBatchSampler(Sampler[list[Item]]):
             b += 1
 
     def __len__(self) -> int:  # an endless stream; DataLoader asks only for progress bars
+        return 2**62
+
+
+class MixedBatchSampler(Sampler[list[Item]]):
+    """Whole batches from several datasets laid end to end: batch b comes from one of
+    them, drawn with fixed ``ratios`` by a generator of (seed, b // BLOCK), and is the next
+    batch of that dataset's own :class:`StreamBatchSampler`. Every rank draws the same
+    dataset for b, and b alone decides the batch, so a resumed run sees the same ones."""
+
+    BLOCK = 65_536  # batches whose sources one draw decides
+
+    def __init__(
+        self, sizes: list[int], ratios: list[float], batch_size: int, seed: int, rank: int = 0,
+        world_size: int = 1, start_batch: int = 0,
+    ) -> None:  # fmt: skip
+        self.streams = [StreamBatchSampler(n, batch_size, seed + 7_919 * s, rank, world_size)
+                        for s, n in enumerate(sizes)]  # fmt: skip
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.p = np.asarray(ratios, np.float64) / np.sum(ratios)
+        self.seed, self.start = seed, start_batch
+        self._drawn = lru_cache(maxsize=2)(self._draw_block)
+        self._before = [np.zeros(len(self.p), np.int64)]  # batches of each dataset before block j
+
+    def _draw_block(self, block: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, block]).choice(len(self.p), self.BLOCK, p=self.p)
+
+    def source(self, b: int) -> tuple[int, int]:
+        """(dataset, its own batch index) of batch ``b``."""
+        block, within = divmod(b, self.BLOCK)
+        while len(self._before) <= block:
+            counts = np.bincount(self._draw_block(len(self._before) - 1), minlength=len(self.p))
+            self._before.append(self._before[-1] + counts)
+        drawn = self._drawn(block)
+        s = int(drawn[within])
+        return s, int(self._before[block][s]) + int(np.count_nonzero(drawn[:within] == s))
+
+    def items(self, b: int) -> list[Item]:
+        s, own = self.source(b)
+        return [(int(self.offsets[s]) + index, seed) for index, seed in self.streams[s].items(own)]
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        b = self.start
+        while True:
+            yield self.items(b)
+            b += 1
+
+    def __len__(self) -> int:
         return 2**62

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -112,12 +113,15 @@ def _torchscript(spec: str) -> Embedder:
 
 def _vit(spec: str) -> Embedder:
     if spec.startswith("vit:"):
-        model = load_backbone(Path(spec.removeprefix("vit:")), None, 14)
-    else:
-        arch_patch, _, path = spec.partition(":")
-        arch, _, patch = arch_patch.partition("/")
-        weights = _require_file(Path(path), f"an official DINOv2 {arch}/{patch} state dict")
-        model = load_backbone(weights, arch, int(patch))
+        run = Path(spec.removeprefix("vit:"))
+        model = load_backbone(run, None, 14)
+        # at the size it was trained on (a Fashion-MNIST ViT sees 28 px crops)
+        size = json.loads((run / "config.json").read_text())["crops"]["global_size"]
+        return Embedder(spec, model, center_crop_transform(size), model.embed_dim)
+    arch_patch, _, path = spec.partition(":")
+    arch, _, patch = arch_patch.partition("/")
+    weights = _require_file(Path(path), f"an official DINOv2 {arch}/{patch} state dict")
+    model = load_backbone(weights, arch, int(patch))
     return Embedder(spec, model, center_crop_transform(224), model.embed_dim)
 
 

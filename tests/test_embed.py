@@ -83,10 +83,12 @@ def test_vit_run_dir_official_weights_and_torchscript(manifest, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     torch.save(vit.state_dict(), run / "teacher_backbone.pth")
-    (run / "config.json").write_text(json.dumps({"model": {"arch": "vit_small", "depth": 2}}))
+    (run / "config.json").write_text(json.dumps({"model": {"arch": "vit_small", "depth": 2},
+                                                 "crops": {"global_size": 56}}))  # fmt: skip
     ours = load_embedder(f"vit:{run}")
     assert ours.dim == 384
     image = torch.rand(3, 100, 120)
+    assert ours.transform(image).shape == (3, 56, 56)  # the size the run trained on
     expected = vit.eval()(ours.transform(image)[None])
     torch.testing.assert_close(ours.model(ours.transform(image)[None]), expected)
 

@@ -72,7 +72,7 @@ RECIPE = [  # a 6-block ViT-Ti/7 on 28 px crops, ~1,900 steps in 15 minutes on 2
 ]  # fmt: skip
 
 
-def _idx(name: str) -> np.ndarray:
+def read_idx(name: str) -> np.ndarray:
     with gzip.open(DATA / name) as f:
         data = f.read()
     offset = 16 if "images" in name else 8
@@ -197,10 +197,11 @@ def main() -> None:
         p.error("--peer needs --peer-python (an environment with lightly and torchvision)")
     ensure_dataset()
     train_images, train_labels = (
-        _idx("train-images-idx3-ubyte.gz"),
-        _idx("train-labels-idx1-ubyte.gz"),
+        read_idx("train-images-idx3-ubyte.gz"),
+        read_idx("train-labels-idx1-ubyte.gz"),
     )
-    test_images, test_labels = _idx("t10k-images-idx3-ubyte.gz"), _idx("t10k-labels-idx1-ubyte.gz")
+    test_images = read_idx("t10k-images-idx3-ubyte.gz")
+    test_labels = read_idx("t10k-labels-idx1-ubyte.gz")
     train_images, train_labels = (
         train_images[: args.train_images],
         train_labels[: args.train_images],

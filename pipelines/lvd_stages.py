@@ -85,12 +85,14 @@ class Build(BuildLayout):
     def embed(self, manifests: list[Path], out: Path, model: str, stage: str,
               source: str = "") -> dict[str, int]:  # fmt: skip
         """Embed ``manifests`` into ``out``; embeddings there of another ``source`` (a seed
-        set's earlier content) are removed first, those of the same one resumed."""
+        set's earlier content) or another model (the recipe's changed) are removed first,
+        those of the same ones resumed."""
         record = out.parent / f"{out.name}.source"
-        if not record.exists() or record.read_text() != source:
+        made_of = json.dumps({"model": model, "source": source})
+        if not record.exists() or record.read_text() != made_of:
             shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(record, source.encode())
+        write_bytes_atomic(record, made_of.encode())
         counts = embed_manifests(manifests, load_embedder(model), out, self.config.embed,
                                  self.progress, self.engine.runner(stage))  # fmt: skip
         if counts["embedded"] == 0:

@@ -443,7 +443,9 @@ def test_a_separate_copy_model_dedups_and_the_retrieval_model_retrieves(web, loc
     root, config = web
     reference, _ = local_build
     out = tmp_path / "two-models"
-    for stage in ("crawl", "hash", "safety"):  # same recipe for these: reused, not rerun
+    # same recipe for crawl, hash and safety: reused, not rerun; the embeddings of the
+    # model the recipe no longer names are replaced, not refused as another job's
+    for stage in ("crawl", "hash", "safety", "embed_pool", "embed_seeds"):
         shutil.copytree(reference / stage, out / stage)
     tiny = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4),
                                                 torch.nn.AdaptiveAvgPool2d(1),
@@ -451,9 +453,10 @@ def test_a_separate_copy_model_dedups_and_the_retrieval_model_retrieves(web, loc
     tiny.save(str(tmp_path / "tiny.pt"))
     two = copy.deepcopy(config)
     two.copy_model, two.model = config.model, f"torchscript:{tmp_path / 'tiny.pt'}@64"
-    results = run_build(out, two, LocalEngine(), ["crawl", "hash", "safety", "embed_pool", "dedup"],
-                        progress=False)  # fmt: skip
-    assert [r.status for r in results] == ["skipped", "skipped", "skipped", "ran", "ran"]
+    stages = ["crawl", "hash", "safety", "embed_pool", "dedup", "embed_seeds", "retrieve"]
+    results = run_build(out, two, LocalEngine(), stages, progress=False)
+    assert [r.status for r in results] == ["skipped"] * 3 + ["ran"] * 4
+    assert EmbeddingStore(out / "embed_seeds" / "demo_sample").read()[1].shape[1] == 8
     assert EmbeddingStore(out / "embed_pool" / "copy").model == config.model
     assert EmbeddingStore(out / "embed_pool" / "retrieval").read()[1].shape[1] == 8
     assert dedup_table(out).equals(dedup_table(reference))  # copies: the same model decides

@@ -247,7 +247,7 @@ def composition(rows: list[dict], meta: dict[str, dict], url_of: dict[str, str],
     shares, the fine clusters covered (of k-means clusters of the held-out pixels), the
     share of the five rarest pool classes."""
     info = [meta[url_of[r["id"]].rsplit("/", 1)[1]] for r in rows]
-    labels = np.array([m["label"] for m in info if m["label"] >= 0])
+    labels = np.array([m["label"] for m in info if m["label"] >= 0], dtype=np.int64)
     p = np.bincount(labels, minlength=CLASSES) / max(len(labels), 1)
     entropy = -(p[p > 0] * np.log(p[p > 0])).sum() / np.log(CLASSES)
     sources = [m["source"] for m in info if m["source"] >= 0]

@@ -118,7 +118,7 @@ def write_lvd_manifest(
     clusters: PoolClusters | None = None
     hierarchy: Hierarchy | None = None
     balance: dict[str, list[dict[str, Any]]] = {}
-    retrieved: dict[str, tuple[str, Candidates]] = {}
+    retrieved: list[tuple[str, str, Candidates]] = []  # (seed set, method, what it found)
     as_is: list[dict[str, Any]] = []
     table15 = []
     for plan in config.seed_sets:
@@ -134,7 +134,7 @@ def write_lvd_manifest(
                                                        progress)  # fmt: skip
             drawn = balanced_sample(hierarchy, plan.size, rng, plan.strategy, plan.multiplier)
             found = _drawn(drawn)
-            retrieved[plan.name] = (plan.method, found)
+            retrieved.append((plan.name, plan.method, found))
             balance[plan.name] = balance_profile(hierarchy, drawn)
             entry |= {"seed_images": 0, "retrieved": int(drawn.sum()),
                       "after_cap": len(found.pool_rows)}  # fmt: skip
@@ -160,7 +160,7 @@ def write_lvd_manifest(
                 )
                 log.warning("seed set %s (cluster): nothing retrieved; %s", plan.name,
                             entry["note"])  # fmt: skip
-        retrieved[plan.name] = (plan.method, found)
+        retrieved.append((plan.name, plan.method, found))
         entry |= {"seed_images": len(seed_ids), "retrieved": before_cap,
                   "after_cap": len(np.unique(found.pool_rows))}  # fmt: skip
         table15.append(entry)

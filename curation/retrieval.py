@@ -198,11 +198,12 @@ def sample_clusters(
     return found, before_cap, int(seeds_per_cluster.max())
 
 
-def merge_provenance(per_set: dict[str, tuple[str, Candidates]]) -> pa.Table:
-    """One row per retrieved pool image: pool_row, seed_sets, methods, seed_ids,
-    best_similarity, cluster (null unless clustered), copies (the most any draw asked)."""
+def merge_provenance(per_plan: list[tuple[str, str, Candidates]]) -> pa.Table:
+    """One row per retrieved pool image of the plans' (seed set, method, candidates): its
+    pool_row, seed_sets, methods, seed_ids, best_similarity, cluster (null unless
+    clustered), copies (the most any draw asked). A seed set may have several plans."""
     parts = []
-    for name, (method, c) in per_set.items():
+    for name, method, c in per_plan:
         copies = np.ones(len(c.pool_rows), np.int64) if c.copies is None else c.copies
         parts.append(pa.table({
             "pool_row": pa.array(c.pool_rows, pa.int64()),

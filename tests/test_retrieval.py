@@ -4,6 +4,7 @@ strategies, provenance merging, and an LVD manifest the trainer reads."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -199,8 +200,8 @@ def test_merged_provenance_lists_seed_sets_in_the_recipes_order_every_time():
                           np.full(n, -1))  # fmt: skip
 
     for _ in range(20):
-        merged = merge_provenance({"first": ("sample", candidates(rows, "a")),
-                                   "second": ("cluster", candidates(rows[::-1], "b"))})  # fmt: skip
+        merged = merge_provenance([("first", "sample", candidates(rows, "a")),
+                                   ("second", "cluster", candidates(rows[::-1], "b"))])  # fmt: skip
         assert merged.column("pool_row").to_pylist() == rows.tolist()
         assert set(map(tuple, merged.column("seed_sets").to_pylist())) == {("first", "second")}
         assert set(map(tuple, merged.column("methods").to_pylist())) == {("sample", "cluster")}
@@ -284,3 +285,19 @@ def test_balanced_draws_evenly_from_an_imbalanced_pool_beside_a_retrieval_set(tm
         load_config(RetrievalConfig, None, ["pool.manifest=[a]", "pool.embeddings=e",
                                             "seed_sets=[{name: w, method: balanced, "
                                             "strategy: nearest}]"]).validate()  # fmt: skip
+
+
+def test_one_seed_set_sampled_around_and_clustered_keeps_both_retrievals(world):
+    """The paper takes ImageNet-22k as is and samples around it; a seed set may have
+    several plans, and the second's retrieval used to replace the first's."""
+    vectors, labels = world["vectors"], world["labels"]
+    seeds = _unit(vectors[labels == 3][:5] + 0.02)
+    sample = _seed_set(world, "mine", seeds, method="sample", k=2)
+    cluster = SeedSetPlan(name="mine", embeddings=sample.embeddings, method="cluster",
+                          min_seeds=3, per_cluster=7)  # fmt: skip
+    config = RetrievalConfig(pool=world["pool"], seed_sets=[sample, cluster],
+                             kmeans=KMeansConfig(k=CLUSTERS, niter=25, nredo=5))  # fmt: skip
+    write_lvd_manifest(config, world["root"] / "out")
+    rows = read_manifest([world["root"] / "out" / "lvd"], LVD).to_pylist()
+    methods = Counter(m for r in rows for m in r["methods"])
+    assert methods["cluster"] == 7 and 2 <= methods["sample"] <= 10

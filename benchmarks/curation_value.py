@@ -203,6 +203,11 @@ def build(out: Path, config: CurationConfig, reuse: Path | None = None) -> Build
     one starts from (only the stages whose settings differ rerun)."""
     if reuse is not None and not out.exists():
         shutil.copytree(reuse, out)
+        embedded = out / "embed_pool"
+        if config.model != config.copy_model and not (embedded / "copy").exists():
+            # the EfficientNet build's retrieval embeddings are this one's copy embeddings
+            (embedded / "retrieval").rename(embedded / "copy")
+            (embedded / "retrieval.source").rename(embedded / "copy.source")
     results = run_build(out, config, LocalEngine(), progress=True)
     print(json.dumps({r.stage: [r.status, round(r.seconds, 1)] for r in results}), flush=True)
     return BuildLayout(out)
@@ -411,6 +416,8 @@ def main() -> None:
     ensure_dataset()
     started = time.perf_counter()
     work = args.workdir
+    for stale in [*work.glob("build-*"), work / "runs"]:  # the web's port, so its URLs, change
+        shutil.rmtree(stale, ignore_errors=True)
     rng = np.random.default_rng(0)
     data = splits(setup, rng)
     zipf = data["zipf_order"]

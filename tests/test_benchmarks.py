@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = {
     "build_engines.py": ([], ["engines"]),
     "crawl_throughput.py": ([], ["ours", "pixel_limit", "ratio_ours_to_pixel_limit"]),
+    "curation_value.py": ([], ["arms", "targets"]),
     "dedup_quality.py": ([], ["routes"]),
     "gpu_check.py": (["--device", "cpu"], ["attention", "train_step", "centering", "faiss"]),
     "inventory_checksums.py": ([], []),
@@ -27,6 +28,7 @@ QUICK = {
     "ssl_fashion_mnist.py": ([], ["knn_top1_k20_ssl", "knn_top1_k20_raw_pixels"]),
     "train_step.py": ([], ["speedup_vs_plain"]),
 }
+SLOW = {"curation_value.py": 600}  # seconds; builds three pools and trains 13 arms
 # run by ssl_fashion_mnist.py --peer lightly in lightly's own environment (see its docstring)
 NEEDS_PEER = {"ssl_peer_lightly.py"}
 
@@ -53,7 +55,9 @@ def test_the_benchmark_runs_in_its_quick_mode(script, tmp_path):
     extra, keys = QUICK[script]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
     command = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *extra]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    timeout = SLOW.get(script, 240)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = _last_json(proc.stdout)
     assert figures and all(key in figures for key in keys), list(figures)

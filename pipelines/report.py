@@ -141,18 +141,18 @@ def _size_plot(level: dict[str, Any], width: int = 320, height: int = 180) -> st
     (grey) and the balanced set's (blue)."""
     top = max(max(level["pool"]), 1)
     last = max(level["ranks"][-1], 1)
-    scale = math.log10(top) or 1.0
+    scale = math.log10(1 + top)  # log(1 + size): an empty cluster sits below a singleton
 
     def line(sizes: list[int], colour: str) -> str:
         points = " ".join(
             f"{30 + (width - 40) * r / last:.1f},"
-            f"{height - 20 - (height - 30) * math.log10(max(n, 1)) / scale:.1f}"
+            f"{height - 20 - (height - 30) * math.log10(1 + n) / scale:.1f}"
             for r, n in zip(level["ranks"], sizes, strict=True)
         )
         return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
 
     return (f'<svg width="{width}" height="{height}" role="img"><text x="30" y="12" '
-            f'font-size="11">{level["k"]:,} clusters (size, log scale; largest {top:,})</text>'
+            f'font-size="11">{level["k"]:,} clusters (log(1 + size); largest {top:,})</text>'
             f'{line(level["pool"], "#999")}{line(level["curated"], "#4a7bd0")}'
             f'<text x="30" y="{height - 4}" font-size="10">clusters by size, largest first'
             "</text></svg>")  # fmt: skip

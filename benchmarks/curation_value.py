@@ -75,7 +75,7 @@ class Setup:
     duplicate_share: float = 0.20
     off_topic_share: float = 0.15
     test_images: int = 10_000
-    size: int = 2_500  # images per arm
+    size: int = 2_000  # images per arm
     iterations: int = 150
     embedder_iterations: int = 300
     seeds: int = 2
@@ -182,7 +182,7 @@ def recipe(urls: Path, seed_root: Path, model: str, setup: Setup) -> CurationCon
     n = setup.size
     return from_dict(CurationConfig, {
         "urls": [str(urls)],
-        "seed_sets": [{"name": "fm_seeds", "method": "sample", "k": 10},
+        "seed_sets": [{"name": "fm_seeds", "method": "sample", "k": 16},
                       {"name": "fm_seeds", "method": "cluster", "min_seeds": 3,
                        "per_cluster": 10_000, "cap": 10 * n},
                       {"name": "web", "method": "balanced", "size": n}],
@@ -192,7 +192,7 @@ def recipe(urls: Path, seed_root: Path, model: str, setup: Setup) -> CurationCon
                   "fetch": {"allowed_networks": ["127.0.0.0/8"], "concurrency": 64}},
         "dedup": {"rows_per_shard": 4_000}, "safety": {"rows_per_shard": 4_000},
         "embed": {"rows_per_shard": 4_000, "batch_size": 64, "num_workers": 2},
-        "kmeans": {"k": 200, "niter": 20},
+        "kmeans": {"k": 50, "niter": 20},  # clusters of ~175: the cluster arm fills N
         "hierarchy": {"levels": [{"k": 200, "resampling_steps": 5}, {"k": 40}, {"k": 10}],
                       "min_cluster_size": 4},
     })  # fmt: skip

@@ -19,9 +19,11 @@ import time
 
 import torch
 
+from manifests.allocator import keep_large_allocations
 from manifests.config import describe, parse_with_quick
 from training.models.config import BackboneConfig
 from training.ssl_meta_arch import SSLConfig, SSLMetaArch
+from training.train import STEP_BUFFERS
 
 VARIANTS = {
     "plain": {"packed": False, "efficient_drop_path": False},
@@ -41,6 +43,7 @@ def _batch(batch: int, n_local: int, device: str) -> dict[str, torch.Tensor]:
 
 
 def run_variant(name: str, steps: int, batch: int, n_local: int, device: str, out) -> None:
+    keep_large_allocations(up_to=STEP_BUFFERS, trim_above=STEP_BUFFERS)  # as training.train does
     torch.manual_seed(0)
     packed, efficient = VARIANTS[name]["packed"], VARIANTS[name]["efficient_drop_path"]
     backbone = BackboneConfig(arch="vit_small", drop_path_rate=0.4, efficient_drop_path=efficient)

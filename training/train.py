@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from manifests.allocator import keep_large_allocations
 from manifests.config import (
     ConfigError,
     add_config_arguments,
@@ -58,6 +59,9 @@ from training.schedules import (
 from training.ssl_meta_arch import SSLMetaArch
 
 log = logging.getLogger(__name__)
+# a step's activations and gradients (a ViT-S head's weight alone is 67 MB): kept by glibc
+# for the next step instead of unmapped and page-faulted again (manifests/allocator.py)
+STEP_BUFFERS = 1 << 30
 
 
 class NonFiniteLossError(RuntimeError):
@@ -231,6 +235,7 @@ def train(
 ) -> dict:
     """Run the whole schedule (resuming if a checkpoint exists); returns the last metrics."""
     _refuse_build_directories([*manifests, *(p for m in config.data.mix for p in m.manifest)])
+    keep_large_allocations(up_to=STEP_BUFFERS, trim_above=STEP_BUFFERS)
     d = init_distributed()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

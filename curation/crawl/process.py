@@ -16,11 +16,8 @@ INTER_AREA, and INTER_AREA below that, where bicubic aliases and INTER_AREA does
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import io
-import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from curation.crawl.config import ProcessConfig
 from curation.crawl.errors import CrawlError, ErrorCode
+from manifests.allocator import keep_large_allocations
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _EXIF_ORIENTATION = 0x0112
@@ -58,7 +56,8 @@ def init_worker() -> None:
     """Process setup for pixel work: one OpenCV thread (the caller supplies parallelism)."""
     cv2.setNumThreads(1)
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-    keep_large_allocations()
+    # every decoded or resized image is a fresh ~1 MB array
+    keep_large_allocations(up_to=64 * 1024 * 1024, trim_above=256 * 1024 * 1024)
 
 
 @contextmanager
@@ -70,26 +69,6 @@ def keep_opencv_threads() -> Iterator[None]:
         yield
     finally:
         cv2.setNumThreads(threads)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def keep_large_allocations() -> None:
-    """Let glibc reuse freed image-sized buffers instead of unmapping them.
-
-    Every decoded or resized image is a fresh ~1 MB array; by default glibc serves such
-    sizes with mmap and returns them on free, so each image pays page faults to touch
-    new pages: a large part of the pixel work's time on web-sized JPEGs.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024 * 1024)
-        libc.mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def process_image(data: bytes, config: ProcessConfig) -> ProcessedImage:

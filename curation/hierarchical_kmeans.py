@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from curation.index import gpu_count
+from curation.sharded_search import ranks
 from curation.vector_shards import sample_rows
 from manifests.config import ConfigError, bounded
 
@@ -190,18 +191,14 @@ def closest_per_cluster(
     id), in (cluster, distance, id) order. The r closest of a union of shards are the r
     closest of each shard's r closest, so shards select first and merge after."""
     order = np.lexsort((ids, distance, cluster))
-    sorted_cluster = cluster[order]
-    rank = np.arange(len(order)) - np.searchsorted(sorted_cluster, sorted_cluster)
-    return order[rank < r]
+    return order[ranks(cluster[order]) < r]
 
 
 def fit_level(x: np.ndarray, level: LevelConfig, config: HierarchyConfig, position: int) -> Level:
     """One level over the rows of ``x``, in memory: k-means on a sample, then
     ``resampling_steps`` rounds of refitting on the ``r`` closest points of each cluster."""
-    n = len(x)
-    fit = sample_rows(n, config.fit_size(level.k, n), config.step_seed(position, 0))
-    centroids = kmeans(x[fit], level.k, config, config.step_seed(position, 0))
-    ids = np.arange(n)
+    ids = np.arange(len(x))
+    centroids = refit(ids, lambda rows: x[rows], level.k, config, position, 0)
     for step in range(1, level.resampling_steps + 1):
         cluster, distance = assign_l2(x, centroids)
         subset = np.sort(ids[closest_per_cluster(cluster, ids, distance, level.resample_size)])
@@ -214,8 +211,9 @@ def refit(
     subset: np.ndarray, gather: Callable[[np.ndarray], np.ndarray], k: int,
     config: HierarchyConfig, position: int, step: int,
 ) -> np.ndarray:  # fmt: skip
-    """A resampling step's k-means over the rows ``subset`` (sorted ids; sampled down to
-    the fit size), whose vectors ``gather`` reads."""
+    """Step ``step``'s k-means of a level over the rows ``subset`` (sorted ids, sampled
+    down to the fit size), whose vectors ``gather`` reads: the first fit (step 0, every
+    row) or a resampling step's (each cluster's closest rows)."""
     seed = config.step_seed(position, step)
     rows = subset[sample_rows(len(subset), config.fit_size(k, len(subset)), seed)]
     return kmeans(gather(rows), k, config, seed)

@@ -67,8 +67,7 @@ class RetrievalConfig:
             plan.validate_method()
             if plan.method == "as_is" and not plan.manifest:
                 raise ConfigError(f"seed set {plan.name}: as_is needs its manifest")
-        if any(plan.method == "balanced" for plan in self.seed_sets):
-            self.hierarchy.validate()
+        self.hierarchy.validate()
 
 
 def _candidate_pool(pool: PoolInputs) -> tuple[VectorShards, list[str], dict[str, Any]]:

@@ -76,6 +76,11 @@ class SeedSetPlan:
         """Whether the plan reads seed images (a balanced draw reads the pool only)."""
         return self.method != "balanced"
 
+    @property
+    def needs_embeddings(self) -> bool:
+        """Whether the plan searches with its seed images' embeddings (sample, cluster)."""
+        return self.method in ("sample", "cluster")
+
     def validate_method(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"seed set {self.name}: method {self.method!r} not in {METHODS}")

@@ -31,12 +31,11 @@ from curation.hierarchical_kmeans import (
     LevelConfig,
     assign_l2,
     closest_per_cluster,
-    kmeans,
     refit,
     upper_levels,
 )
 from curation.tasks import ItemCounter, ShardRunner, ShardTasks
-from curation.vector_shards import VectorShards, sample_rows
+from curation.vector_shards import VectorShards
 from manifests.atomic import atomic_path
 from manifests.job import claim_directory, job_directory
 from manifests.parquet_io import ShardedParquet
@@ -101,9 +100,8 @@ def fit_first_level(
     on_items: ItemCounter | None = None,
 ) -> None:  # fmt: skip
     """Level 1's first k-means, on a sample of the pool."""
-    seed = config.step_seed(1, 0)
-    vectors = pool.gather(sample_rows(len(pool), config.fit_size(level.k, len(pool)), seed))
-    _save(_centroids_path(out, 0), kmeans(vectors, level.k, config, seed))
+    centroids = refit(np.arange(len(pool)), pool.gather, level.k, config, 1, 0)
+    _save(_centroids_path(out, 0), centroids)
 
 
 def select_closest(

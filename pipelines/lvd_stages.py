@@ -163,7 +163,7 @@ def embed_seeds(b: Build) -> dict[str, Any]:
     for name in b.config.seed_set_names():
         manifest, count = write_seed_manifest(name, b.config.seeds, b.seed_manifests)
         summary[name] = {"images": count}
-        if any(p.method != "as_is" for p in plans if p.name == name):
+        if any(p.needs_embeddings for p in plans if p.name == name):
             summary[name] |= b.embed([manifest], b.seed_embeddings(name), b.config.model,
                                      "embed_seeds", b.sources.seed_sets[name])  # fmt: skip
     return summary
@@ -171,10 +171,9 @@ def embed_seeds(b: Build) -> dict[str, Any]:
 
 def retrieve(b: Build) -> dict[str, Any]:
     c = b.config
-    plans = [replace(plan, manifest=[str(b.seed_manifest(plan.name))],
-                     embeddings=str(b.seed_embeddings(plan.name))
-                     if plan.method in ("sample", "cluster") else "")
-             if plan.has_seeds else plan for plan in c.seed_sets]  # fmt: skip
+    plans = [replace(plan, manifest=[str(b.seed_manifest(plan.name))] if plan.has_seeds else [],
+                     embeddings=str(b.seed_embeddings(plan.name)) if plan.needs_embeddings
+                     else "") for plan in c.seed_sets]  # fmt: skip
     embeddings = str(b.pool_embeddings(b.config.model))
     pool = PoolInputs([str(b.safe_manifest)], embeddings, str(b.dir("dedup")))
     config = RetrievalConfig(pool, plans, c.kmeans, c.search, c.hierarchy, c.rows_per_shard,

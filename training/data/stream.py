@@ -20,7 +20,26 @@ from manifests.config import ConfigError
 Item = tuple[int, int]  # (dataset index, sample seed)
 
 
-class StreamBatchSampler(Sampler[list[Item]]):
+class BatchStream(Sampler[list[Item]]):
+    """An endless stream of batches from ``start``, each decided by its index alone."""
+
+    start: int
+
+    def items(self, b: int) -> list[Item]:
+        """The (index, seed) pairs of batch ``b`` on this rank."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        b = self.start
+        while True:
+            yield self.items(b)
+            b += 1
+
+    def __len__(self) -> int:  # an endless stream; DataLoader asks only for progress bars
+        return 2**62
+
+
+class StreamBatchSampler(BatchStream):
     def __init__(
         self,
         dataset_size: int,
@@ -45,24 +64,14 @@ class StreamBatchSampler(Sampler[list[Item]]):
         return torch.randperm(self.n, generator=g)
 
     def items(self, b: int) -> list[Item]:
-        """The (index, seed) pairs of batch ``b`` on this rank."""
         pass_index, within = divmod(b, self.per_pass)
         order = self._permutation(pass_index)
         first = (within * self.world + self.rank) * self.batch
         base = (self.seed << 40) + (b * self.world + self.rank) * self.batch
         return [(int(order[first + j]), base + j) for j in range(self.batch)]
 
-    def __iter__(self) -> Iterator[list[Item]]:
-        b = self.start
-        while True:
-            yield self.items(b)
-            b += 1
 
-    def __len__(self) -> int:  # an endless stream; DataLoader asks only for progress bars
-        return 2**62
-
-
-class MixedBatchSampler(Sampler[list[Item]]):
+class MixedBatchSampler(BatchStream):
     """Whole batches from several datasets laid end to end: batch b comes from one of
     them, drawn with fixed ``ratios`` by a generator of (seed, b // BLOCK), and is the next
     batch of that dataset's own :class:`StreamBatchSampler`. Every rank draws the same
@@ -98,12 +107,3 @@ class MixedBatchSampler(Sampler[list[Item]]):
     def items(self, b: int) -> list[Item]:
         s, own = self.source(b)
         return [(int(self.offsets[s]) + index, seed) for index, seed in self.streams[s].items(own)]
-
-    def __iter__(self) -> Iterator[list[Item]]:
-        b = self.start
-        while True:
-            yield self.items(b)
-            b += 1
-
-    def __len__(self) -> int:
-        return 2**62

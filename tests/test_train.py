@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from manifests.config import load_config
+from manifests.config import ConfigError, load_config
 from manifests.job import ResumeMismatchError
 from pipelines.demo.synthetic_images import encode, make_photo
 from training import train as trainer
@@ -111,6 +111,89 @@ def test_killed_run_resumes_on_the_same_loss_curve(manifest, tmp_path, monkeypat
         assert resumed[it] == pytest.approx(straight[it], rel=1e-6), it
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3, 4, 4, 5, 6]
+
+
+HIGH_RES = OVERRIDES + ["epochs=3", "iters_per_epoch=2", "checkpoint_every=100",
+                        "phases=[{start_epoch: 2, crops: {global_size: 84, local_size: 42}}]"]  # fmt: skip
+
+
+@pytest.mark.parametrize("killed_at", [1, 5])  # in the first phase, in the high-res phase
+def test_a_high_res_phase_resumes_on_the_same_loss_curve_from_either_phase(
+    manifest, tmp_path, monkeypatch, killed_at
+):
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", HIGH_RES)
+    assert [(s.start, s.stop, s.crops.global_size) for s in config.segments()] == [
+        (0, 4, 56), (4, 6, 84)]  # fmt: skip
+    trainer.train(config, [str(manifest)], tmp_path / "straight", progress=False)
+    sizes = []
+    real_step = trainer.train_step
+
+    def records_sizes_and_dies(model, optimizer, batch, *args, **kwargs):
+        sizes.append(batch["global_crops"].shape[-1])
+        if len(sizes) == killed_at + 1:
+            raise KeyboardInterrupt("killed")
+        return real_step(model, optimizer, batch, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", records_sizes_and_dies)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config, [str(manifest)], tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    trainer.train(config, [str(manifest)], tmp_path / "resumed", progress=False)
+
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert resumed == pytest.approx(straight, rel=1e-6)
+    assert sizes == [56, 56, 56, 56, 84, 84][: killed_at + 1]
+    weights = torch.load(tmp_path / "resumed" / "teacher_backbone.pth")
+    assert weights["pos_embed"].shape == (1, 1 + 6 * 6, 384)  # the grid of the 84 px phase
+    assert torch.equal(
+        weights["pos_embed"],
+        torch.load(tmp_path / "straight" / "teacher_backbone.pth")["pos_embed"],
+    )
+
+
+def test_the_phase_boundary_resamples_the_learned_grid_and_its_moments(manifest, tmp_path):
+    from training.checkpoint import latest_checkpoint, load_checkpoint
+    from training.distributed import init_distributed
+    from training.models.vision_transformer import resample_position_grid
+
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", HIGH_RES[:-1] + ["epochs=2"])
+    trainer.train(config, [str(manifest)], tmp_path / "run", progress=False)  # the 56 px phase
+    old, old_optim = trainer.build_model(config, init_distributed())
+    load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"), old, old_optim)
+    new, new_optim = trainer.build_model(config, init_distributed(), img_size=84)
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"), new,
+                           new_optim) == 4  # fmt: skip
+    for nets in ("student", "teacher"):
+        saved = getattr(old, nets)["backbone"].pos_embed.detach()
+        loaded = getattr(new, nets)["backbone"].pos_embed.detach()
+        assert loaded.shape == (1, 37, 384)
+        assert torch.allclose(loaded, resample_position_grid(saved, 6, 6), atol=1e-6)
+        assert torch.equal(loaded[:, 0], saved[:, 0])  # the CLS position is kept
+    old_moments = old_optim.state[old.student["backbone"].pos_embed]
+    new_moments = new_optim.state[new.student["backbone"].pos_embed]
+    assert (
+        new_moments["exp_avg_sq"].shape == (1, 37, 384) and (new_moments["exp_avg_sq"] >= 0).all()
+    )
+    assert torch.allclose(new_moments["exp_avg"], resample_position_grid(old_moments["exp_avg"], 6, 6),
+                          atol=1e-9)  # fmt: skip
+    assert new_moments["step"] == old_moments["step"]
+    block = "blocks.0.attn.qkv.weight"
+    assert torch.equal(new.student["backbone"].state_dict()[block],
+                       old.student["backbone"].state_dict()[block])  # fmt: skip
+
+
+def test_phases_must_follow_each_other_and_fit_the_patch_grid():
+    bad_order = load_config(TrainConfig, "configs/train/tiny_cpu.yaml",
+                            ["phases=[{start_epoch: 3}, {start_epoch: 2}]"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"start_epoch values \[3, 2\] must increase"):
+        bad_order.segments()
+    odd = load_config(TrainConfig, "configs/train/tiny_cpu.yaml",
+                      ["phases=[{start_epoch: 2, crops: {global_size: 90}}]"])  # fmt: skip
+    with pytest.raises(ConfigError, match="global_size 90 and local_size 28 must be multiples"):
+        odd.segments()
+    with pytest.raises(ConfigError, match=r"phases\[0\]\.crops: unknown key"):
+        load_config(TrainConfig, "configs/train/tiny_cpu.yaml",
+                    ["phases=[{start_epoch: 2, crops: {size: 90}}]"]).segments()  # fmt: skip
 
 
 def test_time_budget_stops_with_a_checkpoint_and_another_model_cannot_resume(manifest, tmp_path):

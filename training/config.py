@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
-from manifests.config import ConfigError, bounded
+from manifests.config import ConfigError, bounded, from_dict
 from training.data.augmentations import MultiCropConfig
 from training.ssl_meta_arch import SSLConfig
 
@@ -65,6 +66,27 @@ class DataConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """The run's iterations from ``start_epoch`` on, at other crop settings: dinov2's
+    high-resolution phase (its released models end at 518 px, the last iterations of
+    pretraining). The schedules run on across the boundary; the learned position grid is
+    resampled to the phase's global crops (antialiased bicubic, as the _reg models load)."""
+
+    start_epoch: int = bounded(1, at_least=1)
+    crops: dict[str, Any] = field(default_factory=dict)  # MultiCropConfig keys to change
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Iterations [start, stop) of a run and the crops (and position grid) they train at."""
+
+    start: int
+    stop: int
+    crops: MultiCropConfig
+    img_size: int  # the learned position grid, in pixels
+
+
+@dataclass
 class TrainConfig:
     model: SSLConfig = field(default_factory=SSLConfig)
     crops: MultiCropConfig = field(default_factory=MultiCropConfig)
@@ -80,3 +102,32 @@ class TrainConfig:
     checkpoint_every: int = bounded(1250, at_least=1)
     mixed_precision: bool = True  # bfloat16 compute on GPUs (FSDP's policy, or autocast on one)
     time_budget_s: float = 0.0  # stop (with a checkpoint) once this much time has run; 0: none
+    # later phases of the run at other crop sizes (the high-resolution phase)
+    phases: list[PhaseConfig] = field(default_factory=list)
+
+    @property
+    def total_iterations(self) -> int:
+        return self.epochs * self.iters_per_epoch
+
+    def segments(self) -> list[Segment]:
+        """The run's phases as iteration ranges, the first at ``crops``; each later one at
+        its own crops and a position grid of its global crops' size (dinov2 builds the ViT
+        with ``img_size`` = the global crop size)."""
+        bounds = [p.start_epoch for p in self.phases]
+        if bounds != sorted(set(bounds)) or (bounds and bounds[-1] >= self.epochs):
+            raise ConfigError(f"phases: start_epoch values {bounds} must increase and stay "
+                              f"below epochs={self.epochs}")  # fmt: skip
+        segments = [Segment(0, self.total_iterations, self.crops, self.model.backbone.img_size)]
+        for position, phase in enumerate(self.phases):
+            crops = from_dict(MultiCropConfig, {**asdict(self.crops), **phase.crops},
+                              f"phases[{position}].crops")  # fmt: skip
+            start = phase.start_epoch * self.iters_per_epoch
+            segments[-1] = replace(segments[-1], stop=start)
+            segments.append(Segment(start, self.total_iterations, crops, crops.global_size))
+        patch = self.model.backbone.patch_size
+        for s in segments:
+            if s.crops.global_size % patch or s.crops.local_size % patch:
+                raise ConfigError(f"crops of iterations {s.start}-{s.stop}: global_size "
+                                  f"{s.crops.global_size} and local_size {s.crops.local_size} "
+                                  f"must be multiples of the patch size {patch}")  # fmt: skip
+        return segments

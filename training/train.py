@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,14 @@ from manifests.config import (
 from manifests.errors import PATH_ERRORS, ManifestError, error_line
 from manifests.image_rows import require_image_rows
 from manifests.job import claim_directory
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint import (
+    checkpoint_iteration,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.config import TrainConfig
-from training.data.augmentations import MultiCropAugmentation
+from training.data.augmentations import MultiCropAugmentation, MultiCropConfig
 from training.data.collate import MultiCropCollate
 from training.data.dataset import ManifestImageDataset
 from training.data.stream import MixedBatchSampler, StreamBatchSampler
@@ -157,14 +162,21 @@ class Schedules:
 
 
 def build_loader(
-    config: TrainConfig, manifests: list[str], start_batch: int = 0, rank: int = 0, world: int = 1
+    config: TrainConfig,
+    manifests: list[str],
+    start_batch: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    crops: MultiCropConfig | None = None,
 ) -> DataLoader:
-    """Batches from ``start_batch`` on; each is a function of its index (exact resume)."""
-    augmentation = MultiCropAugmentation(config.crops)
+    """Batches from ``start_batch`` on, at ``crops`` (default: the recipe's); each batch is
+    a function of its index (exact resume)."""
+    crops = crops or config.crops
+    augmentation = MultiCropAugmentation(crops)
     sources = [manifests, *(m.manifest for m in config.data.mix)]
     parts = [require_image_rows(paths) for paths in sources]
     dataset = ManifestImageDataset([row for part in parts for row in part], augmentation.geometric)
-    grid = config.crops.global_size // config.model.backbone.patch_size
+    grid = crops.global_size // config.model.backbone.patch_size
     collate = MultiCropCollate(
         (grid, grid), config.data.mask_probability, config.data.mask_ratio,
         photometric=augmentation.photometric,
@@ -219,9 +231,17 @@ def train_step(
     return terms
 
 
-def build_model(config: TrainConfig, d: Dist) -> tuple[SSLMetaArch, torch.optim.Optimizer]:
+def build_model(
+    config: TrainConfig, d: Dist, img_size: int | None = None
+) -> tuple[SSLMetaArch, torch.optim.Optimizer]:
+    """Student, teacher and AdamW; ``img_size`` sets the position grid (default: the
+    recipe's ``model.backbone.img_size``)."""
     torch.manual_seed(config.seed)
-    model = SSLMetaArch(config.model).to(d.device).train()
+    model_config = config.model
+    if img_size is not None:
+        model_config = replace(model_config,
+                               backbone=replace(model_config.backbone, img_size=img_size))  # fmt: skip
+    model = SSLMetaArch(model_config).to(d.device).train()
     if d.world_size > 1:
         shard(model, mixed_precision=config.mixed_precision and d.device.type == "cuda")
     depth = len(model.student["backbone"].blocks)
@@ -240,17 +260,27 @@ def train(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     claim_run_directory(out, config)
-    model, optimizer = build_model(config, d)
     schedules = Schedules.build(config, global_batch=config.data.batch_size * d.world_size)
     checkpoints = out / "checkpoints"
     found = latest_checkpoint(checkpoints)
-    start = load_checkpoint(found, model, optimizer) if found else 0
-    if found:
-        log.info("resuming from %s at iteration %d", found, start)
-    loader = build_loader(config, manifests, start, d.rank, d.world_size)
-    total = config.epochs * config.iters_per_epoch
-    metrics = _run(config, model, optimizer, schedules, iter(loader), range(start, total), out, d,
-                   progress)  # fmt: skip
+    start, started = checkpoint_iteration(found) if found else 0, time.perf_counter()
+    segments, metrics = config.segments(), {}
+    for segment in segments:  # a phase's first step loads the phase before's checkpoint
+        if start >= segment.stop and segment is not segments[-1]:
+            continue
+        model, optimizer = build_model(config, d, segment.img_size)
+        if found:
+            start = load_checkpoint(found, model, optimizer)
+            log.info("resuming from %s at iteration %d", found, start)
+        if start >= segment.stop:  # a finished run: its weights are written again
+            break
+        loader = build_loader(config, manifests, start, d.rank, d.world_size, segment.crops)
+        metrics, finished = _run(config, model, optimizer, schedules, iter(loader),
+                                 range(start, segment.stop), out, d, progress, started)  # fmt: skip
+        del loader  # its workers
+        if not finished:
+            break
+        found, start = latest_checkpoint(checkpoints), segment.stop
     weights = get_model_state_dict(
         model.teacher["backbone"], options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -289,10 +319,14 @@ def _check_readable(config: TrainConfig, read: int, skipped: int, finished: bool
         )
 
 
-def _run(config, model, optimizer, schedules, batches, iterations, out, d, progress) -> dict:
+def _run(
+    config, model, optimizer, schedules, batches, iterations, out, d, progress, started
+) -> tuple[dict, bool]:
+    """Iterations ``iterations`` (a checkpoint after the last); the last metrics, and
+    whether they all ran (not stopped by the time budget)."""
     metrics: dict = {}
-    skipped, seen, read, started = 0, 0, 0, time.perf_counter()
-    warned = False
+    skipped, seen, read, segment_started = 0, 0, 0, time.perf_counter()
+    warned = out_of_time = False
     total = iterations.stop
     bar = tqdm(total=total, initial=iterations.start, disable=not (progress and d.is_main),
                desc="train")  # fmt: skip
@@ -320,7 +354,7 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
                     "iteration": it + 1,
                     **{k: round(float(v.detach()), 5) for k, v in terms.items()},
                     **schedules.at(it),
-                    "images_per_s": round(seen / (time.perf_counter() - started), 2),
+                    "images_per_s": round(seen / (time.perf_counter() - segment_started), 2),
                     "skipped_images": skipped,
                 }
                 f.write(json.dumps(metrics) + "\n")
@@ -337,7 +371,7 @@ def _run(config, model, optimizer, schedules, batches, iterations, out, d, progr
                 log.info("time budget of %.0fs spent at iteration %d", config.time_budget_s, it + 1)
                 break
     _check_readable(config, read, skipped, finished=True)
-    return metrics
+    return metrics, not out_of_time
 
 
 UNIFORM_TARGETS = 0.98  # teacher target entropy, as a fraction of log K, that means collapse

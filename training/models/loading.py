@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> Vision
                              f"{checkpoint}/config.json:model.backbone")  # fmt: skip
         weights = checkpoint / "teacher_backbone.pth"
         state = _weights(weights)
-        model = build_backbone(backbone)  # LayerScale, registers and depth as trained
+        # the grid as saved: a run's high-resolution phase resizes it
+        grid = official_layout(state, backbone.patch_size).get("img_size", backbone.img_size)
+        model = build_backbone(replace(backbone, img_size=grid))  # LayerScale, depth as trained
     else:
         if arch is None:
             raise ConfigError(f"{checkpoint}: a weights file needs an architecture (vit_small)")

@@ -107,22 +107,9 @@ class VisionTransformer(nn.Module):
         n = self.pos_embed.shape[1] - 1
         if rows * cols == n and rows == cols:
             return self.pos_embed
-        side = int(math.sqrt(n))
-        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:].float()
-        patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        if self.interpolate_offset:  # the official models' sampling, kept for their weights
-            scale = (
-                (rows + self.interpolate_offset) / side,
-                (cols + self.interpolate_offset) / side,
-            )
-            size_kw = {"scale_factor": scale}
-        else:
-            size_kw = {"size": (rows, cols)}
-        patch_pos = F.interpolate(
-            patch_pos, mode="bicubic", antialias=self.interpolate_antialias, **size_kw
+        return resample_position_grid(
+            self.pos_embed, rows, cols, self.interpolate_antialias, self.interpolate_offset
         )
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
-        return torch.cat((cls_pos, patch_pos.to(cls_pos.dtype)), dim=1)
 
     def prepare_tokens(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
         """Patch tokens (masked ones replaced by the mask token), CLS, positions, registers."""
@@ -169,6 +156,26 @@ class VisionTransformer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The normalized CLS token, as the official models return."""
         return self.head(self.forward_features(x)["x_norm_clstoken"])
+
+
+def resample_position_grid(
+    pos_embed: Tensor, rows: int, cols: int, antialias: bool = True, offset: float = 0.0
+) -> Tensor:
+    """``pos_embed`` (1, 1 + g*g, D): its CLS position, then its g x g grid resampled to
+    ``rows`` x ``cols`` bicubically. ``offset`` > 0 samples as the official non-register
+    models do (a scale factor of (rows + offset) / g), kept for their weights; 0 and
+    antialiasing is how the _reg models load, and how a high-resolution phase resizes the
+    learned grid."""
+    side = math.isqrt(pos_embed.shape[1] - 1)
+    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:].float()
+    patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    if offset:
+        size_kw = {"scale_factor": ((rows + offset) / side, (cols + offset) / side)}
+    else:
+        size_kw = {"size": (rows, cols)}
+    patch_pos = F.interpolate(patch_pos, mode="bicubic", antialias=antialias, **size_kw)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)
+    return torch.cat((cls_pos, patch_pos.to(cls_pos.dtype)), dim=1)
 
 
 def build_vit(

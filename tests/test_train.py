@@ -113,8 +113,10 @@ def test_killed_run_resumes_on_the_same_loss_curve(manifest, tmp_path, monkeypat
     assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3, 4, 4, 5, 6]
 
 
-HIGH_RES = OVERRIDES + ["epochs=3", "iters_per_epoch=2", "checkpoint_every=100",
-                        "phases=[{start_epoch: 2, crops: {global_size: 84, local_size: 42}}]"]  # fmt: skip
+HIGH_RES = OVERRIDES + [
+    "epochs=3", "iters_per_epoch=2", "checkpoint_every=100",
+    "phases=[{start_epoch: 2, crops: {global_size: 84, local_size: 42}}]",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("killed_at", [1, 5])  # in the first phase, in the high-res phase
@@ -171,11 +173,10 @@ def test_the_phase_boundary_resamples_the_learned_grid_and_its_moments(manifest,
         assert torch.equal(loaded[:, 0], saved[:, 0])  # the CLS position is kept
     old_moments = old_optim.state[old.student["backbone"].pos_embed]
     new_moments = new_optim.state[new.student["backbone"].pos_embed]
-    assert (
-        new_moments["exp_avg_sq"].shape == (1, 37, 384) and (new_moments["exp_avg_sq"] >= 0).all()
-    )
-    assert torch.allclose(new_moments["exp_avg"], resample_position_grid(old_moments["exp_avg"], 6, 6),
-                          atol=1e-9)  # fmt: skip
+    second = new_moments["exp_avg_sq"]
+    assert second.shape == (1, 37, 384) and (second >= 0).all()
+    first = resample_position_grid(old_moments["exp_avg"], 6, 6)
+    assert torch.allclose(new_moments["exp_avg"], first, atol=1e-9)
     assert new_moments["step"] == old_moments["step"]
     block = "blocks.0.attn.qkv.weight"
     assert torch.equal(new.student["backbone"].state_dict()[block],

@@ -239,8 +239,8 @@ def build_model(
     torch.manual_seed(config.seed)
     model_config = config.model
     if img_size is not None:
-        model_config = replace(model_config,
-                               backbone=replace(model_config.backbone, img_size=img_size))  # fmt: skip
+        backbone = replace(model_config.backbone, img_size=img_size)
+        model_config = replace(model_config, backbone=backbone)
     model = SSLMetaArch(model_config).to(d.device).train()
     if d.world_size > 1:
         shard(model, mixed_precision=config.mixed_precision and d.device.type == "cuda")

@@ -85,6 +85,15 @@ def ensure_dataset() -> None:
         apt_install(["dataset-fashion-mnist"], str(DATA))
 
 
+def fashion_mnist(train_images: int | None, test_images: int | None) -> tuple[tuple, tuple]:
+    """(images, labels) of the first ``train_images`` of the train split and the first
+    ``test_images`` of the test split (None: all), installing the Debian package if needed."""
+    ensure_dataset()
+    train = read_idx("train-images-idx3-ubyte.gz"), read_idx("train-labels-idx1-ubyte.gz")
+    test = read_idx("t10k-images-idx3-ubyte.gz"), read_idx("t10k-labels-idx1-ubyte.gz")
+    return tuple(a[:train_images] for a in train), tuple(a[:test_images] for a in test)
+
+
 def write_manifest(images: np.ndarray, labels: np.ndarray, out: Path) -> Path:
     """Tar shards of PNGs plus a Parquet manifest (tar, key, id, label)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -195,18 +204,9 @@ def main() -> None:
         "set": ["data.batch_size=16", "data.num_workers=0"]})  # fmt: skip
     if args.peer and not args.peer_python:
         p.error("--peer needs --peer-python (an environment with lightly and torchvision)")
-    ensure_dataset()
-    train_images, train_labels = (
-        read_idx("train-images-idx3-ubyte.gz"),
-        read_idx("train-labels-idx1-ubyte.gz"),
+    (train_images, train_labels), (test_images, test_labels) = fashion_mnist(
+        args.train_images, args.test_images
     )
-    test_images = read_idx("t10k-images-idx3-ubyte.gz")
-    test_labels = read_idx("t10k-labels-idx1-ubyte.gz")
-    train_images, train_labels = (
-        train_images[: args.train_images],
-        train_labels[: args.train_images],
-    )
-    test_images, test_labels = test_images[: args.test_images], test_labels[: args.test_images]
     train_manifest = write_manifest(train_images, train_labels, args.workdir / "train")
     test_manifest = write_manifest(test_images, test_labels, args.workdir / "test")
     raw = raw_pixel_knn(train_images, train_labels, test_images, test_labels)
@@ -251,10 +251,11 @@ def main() -> None:
     print(json.dumps(result, indent=1))
 
 
-def knn_top1(run: Path, manifests: tuple[Path, Path]) -> float:
-    """k-NN top-1 (k = 20) of a run's teacher: train split as the bank, test as queries."""
+def knn_top1(run: Path, manifests: tuple[Path, Path], size: int = 28) -> float:
+    """k-NN top-1 (k = 20) of a run's teacher at ``size`` px: train split as the bank, test
+    as queries."""
     backbone = load_backbone(run, None, 7)
-    feats = [extract(backbone, [str(m)], 28, 256, 2) for m in manifests]
+    feats = [extract(backbone, [str(m)], size, 256, 2) for m in manifests]
     return knn_accuracy(*feats[0], *feats[1], ks=(20,))[20]
 
 

@@ -19,6 +19,7 @@ QUICK = {
     "crawl_throughput.py": ([], ["ours", "pixel_limit", "ratio_ours_to_pixel_limit"]),
     "curation_value.py": ([], ["arms", "targets"]),
     "dedup_quality.py": ([], ["routes"]),
+    "high_res_phase.py": ([], ["arms", "knn_gain_at_scaled_size", "s_per_iteration_first_phase"]),
     "gpu_check.py": (["--device", "cpu"], ["attention", "train_step", "centering", "faiss"]),
     "inventory_checksums.py": ([], []),
     "pool_scale.py": ([], []),

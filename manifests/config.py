@@ -114,13 +114,24 @@ def _check_type(value: Any, kind: Any, where: str) -> Any:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config; ``inherit: FILE`` (relative to this file) reads FILE first and lays
+    this file's keys over it, nested mappings key by key."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    return data or {}
+    parent = data.pop("inherit", None) if isinstance(data, dict) else None
+    return _laid_over(load_yaml(Path(path).parent / parent), data) if parent else data
+
+
+def _laid_over(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _laid_over(base[key], value) if nested else value
+    return merged
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

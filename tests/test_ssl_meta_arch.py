@@ -138,3 +138,30 @@ def test_every_tensor_follows_a_move_of_the_model_as_a_device_move_would():
     )
     assert stayed == []
     assert not torch.equal(model.dino_center.center, torch.zeros_like(model.dino_center.center))
+
+
+def test_distillation_takes_targets_from_the_frozen_teacher_unmasked_over_every_patch():
+    from training.loss import ibot_loss, sinkhorn_knopp
+    from training.ssl_meta_arch import build_networks
+
+    model = _model(depth=1).eval()
+    torch.manual_seed(5)
+    teacher = build_networks(_model(depth=3).config).eval()  # another, deeper network
+    batch = _batch()
+    terms = model(batch, 0.04, distill_from=teacher)
+
+    with torch.no_grad():  # the EMA teacher and the mask token play no part
+        model.teacher["backbone"].blocks[0].attn.qkv.weight.add_(1.0)
+        model.student["backbone"].mask_token.add_(5.0)
+    again = model(batch, 0.04, distill_from=teacher)
+    for key in ("dino_loss", "ibot_loss", "loss"):
+        torch.testing.assert_close(again[key], terms[key])
+
+    every = torch.ones_like(batch["masks"])  # iBOT from the paper's formula, every patch
+    with torch.no_grad():
+        out = teacher["backbone"].forward_features(batch["global_crops"])
+        targets = sinkhorn_knopp(teacher["ibot_head"](out["x_norm_patchtokens"][every]), 0.04)
+    student = model.student["backbone"].forward_features(batch["global_crops"])
+    logits = model.student["ibot_head"](student["x_norm_patchtokens"][every])
+    torch.testing.assert_close(terms["ibot_loss"], ibot_loss(logits, targets, every, 0.1))
+    assert terms["ibot_loss"] != model(batch, 0.04)["ibot_loss"]  # not the self-distillation

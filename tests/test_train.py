@@ -292,16 +292,18 @@ def _flat(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-@pytest.mark.parametrize("name", ["vits14", "vitb14", "vitl14", "vitg14"])
+@pytest.mark.parametrize("name", ["vits14", "vitb14", "vitl14", "vitg14", "distill_vits14",
+                                  "distill_vitb14", "distill_vitl14"])  # fmt: skip
 def test_every_recipe_value_is_the_official_one_with_its_source(name):
     import yaml
 
     table = yaml.safe_load(Path("configs/train/official.yaml").read_text())[name]
     recipe = _flat(yaml.safe_load(Path(f"configs/train/{name}.yaml").read_text()))
+    recipe.pop("inherit", None)  # a distillation recipe cites what it lays over vit*14.yaml
     assert sorted(recipe) == sorted(table)  # every key cited, every cited key set
     for key, row in table.items():
         assert recipe[key] == row["value"], (key, row["source"])
-        assert row["source"].startswith(("dinov2/", "ours: ")), key
+        assert row["source"].startswith(("dinov2/", "dinov2 paper", "dinov3/", "ours: ")), key
     config = load_config(TrainConfig, f"configs/train/{name}.yaml")
     assert config.model.backbone.img_size == config.crops.global_size == 224
     if name in ("vitl14", "vitg14"):
@@ -380,3 +382,49 @@ def test_a_mix_source_fills_its_share_of_batches_and_bad_ratios_are_refused(
     assert trainer.main([*args[:-len(OVERRIDES)], "--output-dir", str(tmp_path / "bad"),
                          *OVERRIDES, bad]) == 2  # fmt: skip
     assert "data.mix: ratios sum to 1; they must leave a share" in capsys.readouterr().err
+
+
+DISTILL = OVERRIDES + ["model.backbone.depth=2", "epochs=1", "iters_per_epoch=2"]
+
+
+def test_a_student_distills_from_a_frozen_run_and_saves_its_own_ema(manifest, tmp_path):
+    teacher_config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES)
+    trainer.train(teacher_config, [str(manifest)], tmp_path / "teacher", progress=False)
+    teacher_weights = (tmp_path / "teacher" / "teacher_backbone.pth").read_bytes()
+    config = load_config(TrainConfig, "configs/train/distill_tiny_cpu.yaml",
+                         DISTILL + [f"distillation.teacher={tmp_path / 'teacher'}"])  # fmt: skip
+    assert config.model.backbone.drop_path_rate == 0.0 and config.distillation.enabled
+    teacher = trainer.distillation_teacher(config, trainer.init_distributed())
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    assert len(teacher["backbone"].blocks) == 12  # the run's, with its heads loaded
+    metrics = trainer.train(config, [str(manifest)], tmp_path / "student", progress=False)
+    assert metrics["iteration"] == 2 and torch.isfinite(torch.tensor(metrics["ibot_loss"]))
+    student = torch.load(tmp_path / "student" / "teacher_backbone.pth")  # the student's EMA
+    assert "blocks.1.attn.qkv.weight" in student and "blocks.2.attn.qkv.weight" not in student
+    assert (tmp_path / "teacher" / "teacher_backbone.pth").read_bytes() == teacher_weights
+    wider = load_config(TrainConfig, "configs/train/distill_tiny_cpu.yaml",
+                        DISTILL + [f"distillation.teacher={tmp_path / 'teacher'}",
+                                   "model.head_prototypes=2048"])  # fmt: skip
+    with pytest.raises(ConfigError, match="head_prototypes 1024, the student's 2048"):
+        trainer.distillation_teacher(wider, trainer.init_distributed())
+
+
+def test_a_distillation_teacher_loads_from_official_weights_and_must_match_the_heads(
+    tmp_path, caplog
+):
+    from training.models.vision_transformer import build_vit
+
+    weights = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(build_vit("vit_small", 14, img_size=518).state_dict(), weights)
+    config = load_config(TrainConfig, "configs/train/distill_tiny_cpu.yaml",
+                         DISTILL + [f"distillation.teacher={weights}",
+                                    "distillation.arch=vit_small"])  # fmt: skip
+    teacher = trainer.distillation_teacher(config, trainer.init_distributed())
+    assert teacher["backbone"].pos_embed.shape == (1, 1 + 37 * 37, 384)
+    assert teacher["dino_head"].last_layer.weight_v.shape[0] == config.model.head_prototypes
+    assert "without DINO/iBOT heads" in caplog.text
+    with pytest.raises(ConfigError, match="distillation.enabled needs distillation.teacher"):
+        trainer.distillation_teacher(
+            load_config(TrainConfig, "configs/train/distill_tiny_cpu.yaml", DISTILL),
+            trainer.init_distributed(),
+        )

@@ -119,6 +119,19 @@ def load_checkpoint(path: str | Path, model: SSLMetaArch, optimizer) -> int:
     return int(state["iteration"])
 
 
+def load_submodules(path: str | Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Load the weights saved for each ``name`` of ``modules`` (e.g. ``teacher.dino_head``,
+    a name in the checkpoint's model) into that module, and nothing else."""
+    state = {f"{name}.{key}": value for name, module in modules.items()
+             for key, value in module.state_dict().items()}  # fmt: skip
+    with _single_process_quietly():
+        dcp.load({"model": state}, checkpoint_id=str(path))
+    for name, module in modules.items():
+        prefix = f"{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                if k.startswith(prefix)})  # fmt: skip
+
+
 def _load_saved_grids(state: dict, saved: dict, prefix: str = "") -> list[tuple[dict, str, Any]]:
     """Where a position embedding (or a moment of it) was saved at another shape, put a
     full tensor of the saved shape in its place for DCP to load into; returns (dict, key,

@@ -7,6 +7,7 @@ from typing import Any
 
 from manifests.config import ConfigError, bounded, from_dict
 from training.data.augmentations import MultiCropConfig
+from training.distillation import DistillationConfig
 from training.ssl_meta_arch import SSLConfig
 
 
@@ -104,6 +105,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # stop (with a checkpoint) once this much time has run; 0: none
     # later phases of the run at other crop sizes (the high-resolution phase)
     phases: list[PhaseConfig] = field(default_factory=list)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
 
     @property
     def total_iterations(self) -> int:

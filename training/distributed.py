@@ -51,15 +51,20 @@ def init_distributed() -> Dist:
 
 
 def shard(model: SSLMetaArch, mixed_precision: bool) -> None:
-    """FSDP2-shard student and teacher in place (each block, each head, then the rest)."""
+    """FSDP2-shard student and teacher in place."""
+    for nets in (model.student, model.teacher):
+        shard_networks(nets, mixed_precision)
+
+
+def shard_networks(nets: torch.nn.ModuleDict, mixed_precision: bool) -> None:
+    """FSDP2-shard one side's networks in place (each block, each head, then the rest)."""
     policy = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if mixed_precision
         else MixedPrecisionPolicy()
     )
-    for nets in (model.student, model.teacher):
-        for block in nets["backbone"].blocks:
-            fully_shard(block, mp_policy=policy, reshard_after_forward=True)
-        for module in nets.values():
-            fully_shard(module, mp_policy=policy, reshard_after_forward=True)
-        register_fsdp_forward_method(nets["backbone"], "forward_features")
+    for block in nets["backbone"].blocks:
+        fully_shard(block, mp_policy=policy, reshard_after_forward=True)
+    for module in nets.values():
+        fully_shard(module, mp_policy=policy, reshard_after_forward=True)
+    register_fsdp_forward_method(nets["backbone"], "forward_features")

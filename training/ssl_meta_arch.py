@@ -39,7 +39,8 @@ class SSLConfig:
     koleo_weight: float = 0.1
 
 
-def _networks(config: SSLConfig) -> nn.ModuleDict:
+def build_networks(config: SSLConfig) -> nn.ModuleDict:
+    """Backbone, DINO head and (when separate) iBOT head of one side, student or teacher."""
     backbone = build_backbone(config.backbone)
     dim = backbone.embed_dim
     dino = DINOHead(dim, config.head_prototypes, config.head_hidden, config.head_bottleneck)
@@ -50,6 +51,11 @@ def _networks(config: SSLConfig) -> nn.ModuleDict:
     return nn.ModuleDict(nets)
 
 
+def ibot_head_of(nets: nn.ModuleDict) -> nn.Module:
+    """The head that scores patches: the iBOT head, or the DINO head where it is shared."""
+    return nets["ibot_head"] if "ibot_head" in nets else nets["dino_head"]
+
+
 class SSLMetaArch(nn.Module):
     """The student and its EMA teacher. The teacher starts as a copy of the student's
     weights but is built without stochastic depth and stays in eval mode, as in dinov2:
@@ -58,8 +64,8 @@ class SSLMetaArch(nn.Module):
     def __init__(self, config: SSLConfig) -> None:
         super().__init__()
         self.config = config
-        self.student = _networks(config)
-        self.teacher = _networks(replace(config, backbone=replace(config.backbone,
+        self.student = build_networks(config)
+        self.teacher = build_networks(replace(config, backbone=replace(config.backbone,
                                                                   drop_path_rate=0.0)))  # fmt: skip
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
@@ -74,9 +80,6 @@ class SSLMetaArch(nn.Module):
         self.teacher.eval()
         return self
 
-    def _ibot_head(self, nets: nn.ModuleDict) -> nn.Module:
-        return nets["ibot_head"] if self.config.ibot_separate_head else nets["dino_head"]
-
     def _targets(self, logits: Tensor, temp: float, center: EMACenter) -> Tensor:
         if self.config.centering == "sinkhorn_knopp":
             return sinkhorn_knopp(logits, temp)
@@ -85,17 +88,21 @@ class SSLMetaArch(nn.Module):
         return targets
 
     @torch.no_grad()
-    def teacher_targets(self, global_crops: Tensor, masks: Tensor, temp: float):
-        """DINO targets per global crop, and iBOT targets for the masked patches."""
-        out = self.teacher["backbone"].forward_features(global_crops)
-        cls_logits = self.teacher["dino_head"](out["x_norm_clstoken"])
+    def teacher_targets(
+        self, global_crops: Tensor, masks: Tensor, temp: float, nets: nn.ModuleDict | None = None
+    ):
+        """DINO targets per global crop, and iBOT targets for the masked patches, from
+        ``nets`` (a distillation teacher) or the EMA teacher."""
+        nets = self.teacher if nets is None else nets
+        out = nets["backbone"].forward_features(global_crops)
+        cls_logits = nets["dino_head"](out["x_norm_clstoken"])
         patches = out["x_norm_patchtokens"][masks]
-        patch_logits = self._ibot_head(self.teacher)(patches)
+        patch_logits = ibot_head_of(nets)(patches)
         dino = self._targets(cls_logits, temp, self.dino_center).chunk(N_GLOBAL_CROPS)
         ibot = self._targets(patch_logits, temp, self.ibot_center)
         return list(dino), ibot
 
-    def _student_features(self, global_crops: Tensor, local_crops: Tensor, masks: Tensor):
+    def _student_features(self, global_crops: Tensor, local_crops: Tensor, masks: Tensor | None):
         backbone = self.student["backbone"]
         if self.config.packed:
             return backbone.forward_features([global_crops, local_crops], [masks, None])
@@ -104,23 +111,35 @@ class SSLMetaArch(nn.Module):
             backbone.forward_features(local_crops),
         ]
 
-    def forward(self, batch: dict[str, Tensor], teacher_temp: float) -> dict[str, Tensor]:
-        """The loss terms and their weighted sum ``loss`` for one batch."""
+    def forward(
+        self,
+        batch: dict[str, Tensor],
+        teacher_temp: float,
+        distill_from: nn.ModuleDict | None = None,
+    ) -> dict[str, Tensor]:
+        """The loss terms and their weighted sum ``loss`` for one batch. With a frozen
+        ``distill_from`` teacher (training/distillation.py) its heads give the targets, the
+        student sees no mask tokens and iBOT covers every patch of the global crops."""
         c = self.config
         global_crops, local_crops, masks = (
             batch["global_crops"],
             batch["local_crops"],
             batch["masks"],
         )
-        dino_targets, ibot_targets = self.teacher_targets(global_crops, masks, teacher_temp)
-        g, loc = self._student_features(global_crops, local_crops, masks)
+        token_masks = masks
+        if distill_from is not None:
+            masks, token_masks = torch.ones_like(masks), None
+        dino_targets, ibot_targets = self.teacher_targets(
+            global_crops, masks, teacher_temp, distill_from
+        )
+        g, loc = self._student_features(global_crops, local_crops, token_masks)
         global_cls = g["x_norm_clstoken"]
         n_local = local_crops.shape[0] // (global_crops.shape[0] // N_GLOBAL_CROPS)
         cls_logits = self.student["dino_head"](torch.cat([global_cls, loc["x_norm_clstoken"]]))
         per_crop = cls_logits.chunk(N_GLOBAL_CROPS + n_local)
         terms = {"dino_loss": dino_loss(list(per_crop), dino_targets, c.student_temp)}
         terms["dino_target_entropy"] = relative_entropy(torch.cat(dino_targets))
-        masked_logits = self._ibot_head(self.student)(g["x_norm_patchtokens"][masks])
+        masked_logits = ibot_head_of(self.student)(g["x_norm_patchtokens"][masks])
         terms["ibot_loss"] = ibot_loss(masked_logits, ibot_targets, masks, c.student_temp)
         terms["koleo_loss"] = sum(koleo_loss(x) for x in global_cls.chunk(N_GLOBAL_CROPS))
         terms["loss"] = (

@@ -54,7 +54,8 @@ from training.data.augmentations import MultiCropAugmentation, MultiCropConfig
 from training.data.collate import MultiCropCollate
 from training.data.dataset import ManifestImageDataset
 from training.data.stream import MixedBatchSampler, StreamBatchSampler
-from training.distributed import Dist, init_distributed, shard
+from training.distillation import load_teacher
+from training.distributed import Dist, init_distributed, shard, shard_networks
 from training.schedules import (
     cosine_schedule,
     linear_warmup_then_constant,
@@ -215,13 +216,15 @@ def train_step(
     it: int,
     clip_grad: float,
     compute_dtype: torch.dtype | None = None,
+    distill_from: torch.nn.ModuleDict | None = None,
 ) -> dict[str, torch.Tensor]:
     """One iteration: schedules, losses, backward, clipping, AdamW, EMA teacher. With a
-    ``compute_dtype``, the forward pass runs under autocast to it (weights stay float32)."""
+    ``compute_dtype``, the forward pass runs under autocast to it (weights stay float32);
+    with ``distill_from``, that frozen teacher gives the targets."""
     schedules.apply(optimizer, it)
     device = batch["global_crops"].device.type
     with torch.autocast(device, dtype=compute_dtype, enabled=compute_dtype is not None):
-        terms = model(batch, teacher_temp=float(schedules.teacher_temp[it]))
+        terms = model(batch, float(schedules.teacher_temp[it]), distill_from)
     _check_finite(terms, it)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
@@ -265,6 +268,7 @@ def train(
     found = latest_checkpoint(checkpoints)
     start, started = checkpoint_iteration(found) if found else 0, time.perf_counter()
     segments, metrics = config.segments(), {}
+    distill_from = distillation_teacher(config, d)
     for segment in segments:  # a phase's first step loads the phase before's checkpoint
         if start >= segment.stop and segment is not segments[-1]:
             continue
@@ -276,7 +280,8 @@ def train(
             break
         loader = build_loader(config, manifests, start, d.rank, d.world_size, segment.crops)
         metrics, finished = _run(config, model, optimizer, schedules, iter(loader),
-                                 range(start, segment.stop), out, d, progress, started)  # fmt: skip
+                                 range(start, segment.stop), out, d, progress, started,
+                                 distill_from)  # fmt: skip
         del loader  # its workers
         if not finished:
             break
@@ -287,6 +292,21 @@ def train(
     if d.is_main:
         torch.save(weights, out / "teacher_backbone.pth")
     return metrics
+
+
+def distillation_teacher(config: TrainConfig, d: Dist) -> torch.nn.ModuleDict | None:
+    """The frozen teacher of a distillation run (sharded like the student on several
+    ranks), or None."""
+    if not config.distillation.enabled:
+        return None
+    if config.model.backbone.drop_path_rate > 0:
+        log.warning("distillation with model.backbone.drop_path_rate=%g: the paper's recipe "
+                    "trains the student without stochastic depth",
+                    config.model.backbone.drop_path_rate)  # fmt: skip
+    teacher = load_teacher(config.distillation, config.model, d.device)
+    if d.world_size > 1:
+        shard_networks(teacher, mixed_precision=config.mixed_precision and d.device.type == "cuda")
+    return teacher
 
 
 def _refuse_build_directories(manifests: list[str]) -> None:
@@ -320,7 +340,17 @@ def _check_readable(config: TrainConfig, read: int, skipped: int, finished: bool
 
 
 def _run(
-    config, model, optimizer, schedules, batches, iterations, out, d, progress, started
+    config,
+    model,
+    optimizer,
+    schedules,
+    batches,
+    iterations,
+    out,
+    d,
+    progress,
+    started,
+    distill_from,
 ) -> tuple[dict, bool]:
     """Iterations ``iterations`` (a checkpoint after the last); the last metrics, and
     whether they all ran (not stopped by the time budget)."""
@@ -345,7 +375,7 @@ def _run(
             batch = {k: v.to(d.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             seed_step(config.seed, it, d.rank)
             terms = train_step(model, optimizer, batch, schedules, it, config.optim.clip_grad,
-                               compute_dtype(config, d))  # fmt: skip
+                               compute_dtype(config, d), distill_from)  # fmt: skip
             seen += batch["size"] * d.world_size
             bar.update(1)
             out_of_time = _budget_spent(config, started)

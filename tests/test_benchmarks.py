@@ -20,6 +20,7 @@ QUICK = {
     "curation_value.py": ([], ["arms", "targets"]),
     "dedup_quality.py": ([], ["routes"]),
     "high_res_phase.py": ([], ["arms", "knn_gain_at_scaled_size", "s_per_iteration_first_phase"]),
+    "distillation.py": ([], ["scratch", "distilled", "teacher", "distilled_minus_scratch"]),
     "gpu_check.py": (["--device", "cpu"], ["attention", "train_step", "centering", "faiss"]),
     "inventory_checksums.py": ([], []),
     "pool_scale.py": ([], []),

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from training.layers.dino_head import DINOHead
-from training.loss import EMACenter, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
+from training.loss import EMACenter, dino_loss, gram_loss, ibot_loss, koleo_loss, sinkhorn_knopp
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -117,3 +117,27 @@ def test_dino_head_prototypes_are_unit_norm_and_input_is_normalized():
     torch.testing.assert_close(weight.norm(dim=1), torch.ones(32))
     logits = head(torch.randn(5, 16))
     assert logits.shape == (5, 32) and logits.abs().max() <= 1.0 + 1e-5  # cosines
+
+
+def test_gram_loss_matches_the_formula_image_by_image():
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(3, 16, 8, generator=g, requires_grad=True)
+    teacher = torch.randn(3, 16, 8, generator=g)
+    squared = []  # from the paper's formula: per image, ||X X^T - Y Y^T||_F^2 / N^2
+    for b in range(3):
+        x = student[b] / student[b].norm(dim=1, keepdim=True)
+        y = teacher[b] / teacher[b].norm(dim=1, keepdim=True)
+        squared.append(((x @ x.T - y @ y.T) ** 2).sum() / 16**2)
+    reference = torch.stack(squared).mean()
+    loss = gram_loss(student, teacher)
+    torch.testing.assert_close(loss, reference)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert gram_loss(teacher * 3.0, teacher) < 1e-6  # scale-free: features are normalized
+    clipped = []
+    for b in range(3):
+        x = torch.nn.functional.normalize(student[b].detach(), dim=1)
+        y = torch.nn.functional.normalize(teacher[b], dim=1)
+        clipped.append(((x @ x.T).clamp_min(0) - (y @ y.T).clamp_min(0)).pow(2).mean())
+    torch.testing.assert_close(gram_loss(student.detach(), teacher, remove_neg=True),
+                               torch.stack(clipped).mean())  # fmt: skip

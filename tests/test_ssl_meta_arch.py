@@ -165,3 +165,30 @@ def test_distillation_takes_targets_from_the_frozen_teacher_unmasked_over_every_
     logits = model.student["ibot_head"](student["x_norm_patchtokens"][every])
     torch.testing.assert_close(terms["ibot_loss"], ibot_loss(logits, targets, every, 0.1))
     assert terms["ibot_loss"] != model(batch, 0.04)["ibot_loss"]  # not the self-distillation
+
+
+def test_gram_anchoring_compares_to_the_gram_teacher_at_its_scale_on_the_student_grid():
+    import torch.nn.functional as F
+
+    from training.loss import gram_loss
+    from training.ssl_meta_arch import GramConfig, resize_patch_grid
+
+    model = _model(depth=1, gram=GramConfig(weight=2.0)).eval()
+    unmasked = {**_batch(), "masks": torch.zeros(8, 16, dtype=torch.bool)}
+    terms = model(unmasked, 0.04, gram_weight=2.0)
+    assert terms["gram_loss"] < 1e-10  # at init the Gram teacher is the student
+    torch.testing.assert_close(terms["loss"] - 2.0 * terms["gram_loss"],
+                               model(unmasked, 0.04)["loss"])  # fmt: skip
+
+    high = _model(depth=1, gram=GramConfig(weight=2.0, teacher_scale=2.0)).eval()
+    batch = _batch()
+    terms = high(batch, 0.04, gram_weight=1.0)
+    with torch.no_grad():
+        big = F.interpolate(batch["global_crops"], size=(112, 112), mode="bicubic")
+        teacher = high.gram_teacher["backbone"].forward_features(big)["x_norm_patchtokens"]
+        assert teacher.shape[1] == 64
+        target = resize_patch_grid(teacher, 4)
+    student = high.student["backbone"].forward_features(batch["global_crops"], batch["masks"])
+    torch.testing.assert_close(terms["gram_loss"],
+                               gram_loss(student["x_norm_patchtokens"], target))  # fmt: skip
+    assert not any(p.requires_grad for p in high.gram_teacher.parameters())

@@ -293,7 +293,7 @@ def _flat(data: dict, prefix: str = "") -> dict:
 
 
 @pytest.mark.parametrize("name", ["vits14", "vitb14", "vitl14", "vitg14", "distill_vits14",
-                                  "distill_vitb14", "distill_vitl14"])  # fmt: skip
+                                  "distill_vitb14", "distill_vitl14", "gram_vitl14"])  # fmt: skip
 def test_every_recipe_value_is_the_official_one_with_its_source(name):
     import yaml
 
@@ -428,3 +428,37 @@ def test_a_distillation_teacher_loads_from_official_weights_and_must_match_the_h
             load_config(TrainConfig, "configs/train/distill_tiny_cpu.yaml", DISTILL),
             trainer.init_distributed(),
         )
+
+
+def test_gram_anchoring_starts_refreshes_and_resumes_on_the_same_loss_curve(
+    manifest, tmp_path, monkeypatch
+):
+    gram = ["model.gram.weight=2.0", "model.gram.start_iteration=2", "model.gram.refresh_every=2",
+            "model.gram.max_refreshes=1", "iters_per_epoch=6", "checkpoint_every=3"]  # fmt: skip
+    config = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES + gram)
+    trainer.train(config, [str(manifest)], tmp_path / "straight", progress=False)
+    lines = [
+        json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [("gram_loss" in m, m["gram_weight"]) for m in lines] == [(False, 0.0)] * 2 + [
+        (True, 2.0)] * 4  # fmt: skip
+    refreshed = []
+    real_refresh = trainer.SSLMetaArch.refresh_gram_teacher
+    monkeypatch.setattr(trainer.SSLMetaArch, "refresh_gram_teacher",
+                        lambda self: refreshed.append(1) or real_refresh(self))  # fmt: skip
+    real_step = trainer.train_step
+
+    def dies_at_iteration_5(*args, **kwargs):
+        if len(steps) == 4:
+            raise KeyboardInterrupt("killed")
+        steps.append(1)
+        return real_step(*args, **kwargs)
+
+    steps: list[int] = []
+    monkeypatch.setattr(trainer, "train_step", dies_at_iteration_5)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config, [str(manifest)], tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    trainer.train(config, [str(manifest)], tmp_path / "resumed", progress=False)
+    assert len(refreshed) == 3  # before iterations 2 and 4 (0-based), 4 again after the kill
+    assert _losses(tmp_path / "resumed") == pytest.approx(_losses(tmp_path / "straight"), rel=1e-6)

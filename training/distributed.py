@@ -51,8 +51,9 @@ def init_distributed() -> Dist:
 
 
 def shard(model: SSLMetaArch, mixed_precision: bool) -> None:
-    """FSDP2-shard student and teacher in place."""
-    for nets in (model.student, model.teacher):
+    """FSDP2-shard student, teacher and Gram teacher in place."""
+    gram = [model.gram_teacher] if model.config.gram.enabled else []
+    for nets in (model.student, model.teacher, *gram):
         shard_networks(nets, mixed_precision)
 
 

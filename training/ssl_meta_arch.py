@@ -8,18 +8,44 @@ replaced by the mask token; the teacher sees the unmasked global crops.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 from training.layers.dino_head import DINOHead
-from training.loss import EMACenter, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
+from training.loss import EMACenter, dino_loss, gram_loss, ibot_loss, koleo_loss, sinkhorn_knopp
 from training.models.config import BackboneConfig, build_backbone
 
 N_GLOBAL_CROPS = 2
+
+
+@dataclass
+class GramConfig:
+    """DINOv3's Gram anchoring (dinov3/loss/gram_loss.py; values of its recipe in
+    configs/train/official.yaml): from ``start_iteration`` a frozen copy of the EMA teacher,
+    refreshed every ``refresh_every`` iterations at most ``max_refreshes`` times, anchors
+    the Gram matrix of the student's global-crop patch features. Off at weight 0."""
+
+    weight: float = 0.0
+    start_iteration: int = 0
+    refresh_every: int = 10_000
+    max_refreshes: int = 3
+    teacher_scale: float = 1.0  # the Gram teacher sees the global crops this much larger
+    remove_neg: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+    def refreshes(self) -> set[int]:
+        """Iterations before which the Gram teacher becomes a copy of the EMA teacher."""
+        return {self.start_iteration + k * self.refresh_every
+                for k in range(self.max_refreshes + 1)}  # fmt: skip
 
 
 @dataclass
@@ -37,6 +63,7 @@ class SSLConfig:
     dino_weight: float = 1.0
     ibot_weight: float = 1.0
     koleo_weight: float = 0.1
+    gram: GramConfig = field(default_factory=GramConfig)
 
 
 def build_networks(config: SSLConfig) -> nn.ModuleDict:
@@ -73,11 +100,16 @@ class SSLMetaArch(nn.Module):
         self.dino_center = EMACenter(config.head_prototypes)
         ibot_out = config.ibot_prototypes if config.ibot_separate_head else config.head_prototypes
         self.ibot_center = EMACenter(ibot_out)
+        if config.gram.enabled:  # in the checkpoints, so a resumed run anchors to the same
+            self.gram_teacher = nn.ModuleDict({"backbone": copy.deepcopy(self.teacher["backbone"])})
+            self.gram_teacher.requires_grad_(False)
 
     def train(self, mode: bool = True) -> SSLMetaArch:
-        """Train (or evaluate) the student; the teacher is always in eval mode."""
+        """Train (or evaluate) the student; the teachers are always in eval mode."""
         super().train(mode)
         self.teacher.eval()
+        if self.config.gram.enabled:
+            self.gram_teacher.eval()
         return self
 
     def _targets(self, logits: Tensor, temp: float, center: EMACenter) -> Tensor:
@@ -116,10 +148,12 @@ class SSLMetaArch(nn.Module):
         batch: dict[str, Tensor],
         teacher_temp: float,
         distill_from: nn.ModuleDict | None = None,
+        gram_weight: float = 0.0,
     ) -> dict[str, Tensor]:
         """The loss terms and their weighted sum ``loss`` for one batch. With a frozen
         ``distill_from`` teacher (training/distillation.py) its heads give the targets, the
-        student sees no mask tokens and iBOT covers every patch of the global crops."""
+        student sees no mask tokens and iBOT covers every patch of the global crops. With a
+        ``gram_weight``, the Gram anchoring term joins the sum."""
         c = self.config
         global_crops, local_crops, masks = (
             batch["global_crops"],
@@ -147,7 +181,32 @@ class SSLMetaArch(nn.Module):
             + c.ibot_weight * terms["ibot_loss"]
             + c.koleo_weight * terms["koleo_loss"]
         )
+        if gram_weight:
+            terms["gram_loss"] = self._gram_term(global_crops, g["x_norm_patchtokens"])
+            terms["loss"] = terms["loss"] + gram_weight * terms["gram_loss"]
         return terms
+
+    def _gram_term(self, global_crops: Tensor, student_patches: Tensor) -> Tensor:
+        """Gram anchoring of the student's (masked) global-crop patches to the Gram
+        teacher's on the clean crops, upscaled by ``teacher_scale`` and its features
+        resized back to the student's grid (bicubic, as dinov3)."""
+        gram = self.config.gram
+        with torch.no_grad():
+            side = global_crops.shape[-1]
+            patch = self.gram_teacher["backbone"].patch_size
+            if gram.teacher_scale != 1:
+                size = int(side * gram.teacher_scale) // patch * patch
+                global_crops = F.interpolate(global_crops, size=(size, size), mode="bicubic")
+            target = self.gram_teacher["backbone"].forward_features(global_crops)
+            target = resize_patch_grid(target["x_norm_patchtokens"], side // patch)
+        return gram_loss(student_patches, target, gram.remove_neg)
+
+    @torch.no_grad()
+    def refresh_gram_teacher(self) -> None:
+        """The Gram teacher becomes a copy of the EMA teacher's backbone (shard by shard)."""
+        for g, t in zip(self.gram_teacher["backbone"].parameters(),
+                        self.teacher["backbone"].parameters(), strict=True):  # fmt: skip
+            _local(g).copy_(_local(t))
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -159,6 +218,17 @@ class SSLMetaArch(nn.Module):
         student = [_local(p) for p in self.student.parameters()]
         torch._foreach_mul_(teacher, momentum)
         torch._foreach_add_(teacher, student, alpha=1 - momentum)
+
+
+def resize_patch_grid(patches: Tensor, side: int) -> Tensor:
+    """(B, n*n, D) patch tokens resized to (B, side*side, D) bicubically."""
+    b, n, d = patches.shape
+    grid = math.isqrt(n)
+    if grid == side:
+        return patches
+    maps = patches.transpose(1, 2).reshape(b, d, grid, grid)
+    maps = F.interpolate(maps.float(), size=(side, side), mode="bicubic")
+    return maps.reshape(b, d, side * side).transpose(1, 2).to(patches.dtype)
 
 
 @torch.no_grad()

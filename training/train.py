@@ -128,13 +128,14 @@ class Schedules:
     weight_decay: np.ndarray
     momentum: np.ndarray
     teacher_temp: np.ndarray
+    gram_weight: np.ndarray  # 0 before Gram anchoring starts (and throughout when it is off)
     freeze_last_layer_iters: int
     warmup_iters: int
 
     @classmethod
     def build(cls, config: TrainConfig, global_batch: int) -> Schedules:
         total, per_epoch = config.epochs * config.iters_per_epoch, config.iters_per_epoch
-        o, t = config.optim, config.teacher
+        o, t, g = config.optim, config.teacher, config.model.gram
         warmup = o.warmup_epochs * per_epoch
         return cls(
             lr=cosine_schedule(scaled_lr(o.base_lr, global_batch), o.min_lr, total,
@@ -143,17 +144,21 @@ class Schedules:
             momentum=cosine_schedule(t.momentum, t.final_momentum, total),
             teacher_temp=linear_warmup_then_constant(t.warmup_temp, t.temp,
                                                      t.warmup_temp_epochs * per_epoch, total),
+            gram_weight=np.where(np.arange(total) >= g.start_iteration, g.weight, 0.0),
             freeze_last_layer_iters=o.freeze_last_layer_epochs * per_epoch,
             warmup_iters=warmup,
         )  # fmt: skip
 
     def at(self, it: int) -> dict[str, float]:
-        return {
+        values = {
             "lr": float(self.lr[it]),
             "weight_decay": float(self.weight_decay[it]),
             "momentum": float(self.momentum[it]),
             "teacher_temp": float(self.teacher_temp[it]),
         }
+        if self.gram_weight.any():
+            values["gram_weight"] = float(self.gram_weight[it])
+        return values
 
     def apply(self, optimizer: torch.optim.Optimizer, it: int) -> None:
         for group in optimizer.param_groups:
@@ -224,7 +229,8 @@ def train_step(
     schedules.apply(optimizer, it)
     device = batch["global_crops"].device.type
     with torch.autocast(device, dtype=compute_dtype, enabled=compute_dtype is not None):
-        terms = model(batch, float(schedules.teacher_temp[it]), distill_from)
+        terms = model(batch, float(schedules.teacher_temp[it]), distill_from,
+                      float(schedules.gram_weight[it]))  # fmt: skip
     _check_finite(terms, it)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
@@ -358,6 +364,7 @@ def _run(
     skipped, seen, read, segment_started = 0, 0, 0, time.perf_counter()
     warned = out_of_time = False
     total = iterations.stop
+    gram_refreshes = config.model.gram.refreshes() if config.model.gram.enabled else set()
     bar = tqdm(total=total, initial=iterations.start, disable=not (progress and d.is_main),
                desc="train")  # fmt: skip
     with (
@@ -374,6 +381,8 @@ def _run(
                 continue
             batch = {k: v.to(d.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             seed_step(config.seed, it, d.rank)
+            if it in gram_refreshes:
+                model.refresh_gram_teacher()
             terms = train_step(model, optimizer, batch, schedules, it, config.optim.clip_grad,
                                compute_dtype(config, d), distill_from)  # fmt: skip
             seen += batch["size"] * d.world_size

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,23 +58,34 @@ def knn_accuracy(
 
 
 @torch.no_grad()
-def extract(model: VisionTransformer, manifest: list[str], size: int, batch: int, workers: int):
+def extract(
+    model: VisionTransformer,
+    manifest: list[str],
+    size: int,
+    batch: int,
+    workers: int,
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``features`` (default: the model's CLS token) of the centre crops of every readable
+    image of ``manifest``, and their labels, on the model's device."""
+    features = features or model
+    device = next(model.parameters()).device
     dataset = ManifestImageDataset.from_manifests(manifest, center_crop_transform(size))
     labels = [row["label"] for row in dataset.rows]
     if any(label is None for label in labels):
         raise ManifestError(f"{manifest}: k-NN needs a 'label' column on every row")
     loader = DataLoader(range(len(dataset)), batch_size=batch, num_workers=workers,
                         collate_fn=lambda idx: [(i, dataset[i]) for i in idx])  # fmt: skip
-    features, kept = [], []
+    rows, kept = [], []
     for items in loader:
         good = [(i, x) for i, x in items if x is not None]
         if good:
-            features.append(model(torch.stack([x for _, x in good])))
+            rows.append(features(torch.stack([x for _, x in good]).to(device)))
             kept += [labels[i] for i, _ in good]
-    if not features:
+    if not rows:
         raise ManifestError(f"{manifest}: none of the {len(dataset)} images could be read (the "
                             "warnings above name them)")  # fmt: skip
-    return torch.cat(features), torch.tensor(kept, dtype=torch.long)
+    return torch.cat(rows), torch.tensor(kept, dtype=torch.long, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:

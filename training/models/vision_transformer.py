@@ -153,6 +153,20 @@ class VisionTransformer(nn.Module):
             )
         return outputs
 
+    def get_intermediate_layers(self, x: Tensor, n: int = 1) -> list[tuple[Tensor, Tensor]]:
+        """(patch tokens, CLS token) after each of the last ``n`` blocks, each normalized by
+        the final norm (dinov2's ``get_intermediate_layers(norm=True)``): the linear
+        probe's inputs."""
+        tokens = self.prepare_tokens(x)
+        layout = Layout.of([tokens])
+        flat, outputs = tokens.flatten(0, 1), []
+        for depth, block in enumerate(self.blocks):
+            flat = block(flat, layout)
+            if depth >= len(self.blocks) - n:
+                outputs.append(self.norm(flat).unflatten(0, tokens.shape[:2]))
+        r = 1 + self.num_register_tokens
+        return [(out[:, r:], out[:, 0]) for out in outputs]
+
     def forward(self, x: Tensor) -> Tensor:
         """The normalized CLS token, as the official models return."""
         return self.head(self.forward_features(x)["x_norm_clstoken"])

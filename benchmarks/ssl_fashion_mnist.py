@@ -47,6 +47,7 @@ from training.config import TrainConfig
 from training.distributed import init_distributed
 from training.eval.knn import extract, knn_accuracy
 from training.models.loading import load_backbone
+from training.report import record_knn, write_run_report
 from training.train import Schedules, build_loader, build_model, train, train_step
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -256,7 +257,10 @@ def knn_top1(run: Path, manifests: tuple[Path, Path], size: int = 28) -> float:
     as queries."""
     backbone = load_backbone(run, None, 7)
     feats = [extract(backbone, [str(m)], size, 256, 2) for m in manifests]
-    return knn_accuracy(*feats[0], *feats[1], ks=(20,))[20]
+    accuracy = knn_accuracy(*feats[0], *feats[1], ks=(20,))
+    record_knn(run, accuracy, size)  # the run's report.html plots the curve
+    write_run_report(run)
+    return accuracy[20]
 
 
 def peer_recipe(config: TrainConfig) -> dict:

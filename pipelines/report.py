@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import yaml
 
 from manifests.atomic import write_bytes_atomic
+from manifests.html_page import page, table
 from manifests.image_rows import ImageBytesReader, open_image, read_image_rows
 from manifests.parquet_io import read_manifest
 from manifests.schemas import DEDUP, LVD, SAFETY
@@ -30,22 +31,6 @@ log = logging.getLogger(__name__)
 
 THUMB = 112  # px, longer side
 GROUPS, PER_GROUP = 8, 8  # grids: rows shown, images per row
-
-STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse}td,th{padding:.3em .8em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-.bar{background:#4a7bd0;height:1em;display:inline-block}
-.row{display:flex;gap:6px;align-items:flex-end;margin:.6em 0;flex-wrap:wrap}
-figure{margin:0;text-align:center;font-size:11px;color:#555}
-figure img{display:block;border:3px solid transparent;max-width:112px;max-height:112px}
-figure.keep img{border-color:#2a9d4a}figure.seed img{border-color:#d08a2a}
-.label{min-width:9em;font-size:12px;color:#555}
-.withheld{width:106px;height:106px;border:3px solid #bbb;background:#eee;font-size:11px;
-display:flex;align-items:center;justify-content:center}
-pre{background:#f6f6f6;padding:.8em;font-size:12px;overflow:auto;max-height:30em}
-"""
 
 
 def _rows_by_id(manifests: list[Path]) -> dict[str, dict[str, Any]]:
@@ -82,12 +67,6 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _funnel(build: BuildLayout) -> str:
     crawl = _json(build.crawl_stats)
     dedup = _json(build.dedup_stats).get("funnel", {})
@@ -105,15 +84,15 @@ def _funnel(build: BuildLayout) -> str:
              f'<span class="bar" style="width:{300 * (n or 0) / top:.0f}px"></span>']
             for name, n in steps]  # fmt: skip
     errors = sorted(crawl.get("error_codes", {}).items(), key=lambda kv: -kv[1])
-    failed = _table(["crawl error", "URLs"], [[html.escape(k), v] for k, v in errors])
-    return _table(["step", "images", ""], rows) + "<h3>Failed downloads</h3>" + failed
+    failed = table(["crawl error", "URLs"], [[html.escape(k), v] for k, v in errors])
+    return table(["step", "images", ""], rows) + "<h3>Failed downloads</h3>" + failed
 
 
 def _safety(build: BuildLayout, thumbs: _Thumbs) -> str:
     s = _json(build.safety_stats)
     if not s:
         return "<p>No safety output.</p>"
-    counts = _table(["images checked", "dropped as NSFW", "unreadable", "with faces",
+    counts = table(["images checked", "dropped as NSFW", "unreadable", "with faces",
                      "faces blurred"],
                     [[f"{s['images']:,}", f"{s['nsfw']:,}", f"{s['errors']:,}",
                       f"{s['with_faces']:,}", f"{s['faces']:,}"]])  # fmt: skip
@@ -132,7 +111,7 @@ def _table15(build: BuildLayout) -> str:
     kmeans = stats.get("kmeans")
     sized = (f"<p>k-means: {kmeans['clusters']:,} clusters (kmeans.k = {kmeans['k']:,}, sized "
              "to the pool)</p>" if kmeans and kmeans["clusters"] < kmeans["k"] else "")  # fmt: skip
-    return _table(["seed set", "method", "seed images", "retrieved", "after cap", "note"],
+    return table(["seed set", "method", "seed images", "retrieved", "after cap", "note"],
                   rows) + sized  # fmt: skip
 
 
@@ -260,7 +239,7 @@ def _about(build: BuildLayout, stages: list[str], recipe: dict[str, Any] | None)
     written = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = yaml.safe_dump(recipe, sort_keys=False) if recipe is not None else "(not recorded)"
     return (f"<p>Report written {written}.</p>"
-            + _table(["stage", "engine", "seconds"], rows)
+            + table(["stage", "engine", "seconds"], rows)
             + f"<h3>Recipe</h3><pre>{html.escape(text)}</pre>")  # fmt: skip
 
 
@@ -287,9 +266,5 @@ def write_report(
         ("Build: stages, times and recipe", _about(build, list(stages), recipe)),
     ]  # fmt: skip
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
-    name = html.escape(str(build.out))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>LVD build: {name}"
-            f"</title><style>{STYLE}</style></head><body><h1>LVD build <code>{name}</code>"
-            f"</h1>{body}</body></html>")  # fmt: skip
-    write_bytes_atomic(build.report, page.encode())
+    write_bytes_atomic(build.report, page(f"LVD build {build.out}", body).encode())
     return build.report

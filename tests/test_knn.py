@@ -81,6 +81,9 @@ def test_cli_on_a_run_directory(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["train_images"] == 24 and out["val_images"] == 10
     assert out["top1"]["k=10"] == 100.0  # red vs blue images: even random features separate them
+    recorded = json.loads((run / "knn.jsonl").read_text())  # for the run's report
+    assert recorded["knn_top1_k10"] == 100.0 and recorded["image_size"] == 56
+    assert "knn_top1_k10" in (run / "report.html").read_text()
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

@@ -52,6 +52,15 @@ def test_tiny_recipe_trains_and_logs_every_term(manifest, tmp_path, recwarn):
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in lines)
     weights = torch.load(tmp_path / "run" / "teacher_backbone.pth")
     assert "blocks.0.attn.qkv.weight" in weights
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()  # TensorBoard reads what metrics.jsonl says, step by step
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("loss/loss")] == [
+        (m["iteration"], round(m["loss"], 4)) for m in lines]  # fmt: skip
+    assert "schedule/lr" in events.Tags()["scalars"]
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert report.count("<svg") >= 5 and "dino_loss" in report and "No k-NN measured" in report
 
 
 def test_non_finite_loss_stops_with_a_clear_message(manifest, tmp_path, monkeypatch):

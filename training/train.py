@@ -56,6 +56,8 @@ from training.data.dataset import ManifestImageDataset
 from training.data.stream import MixedBatchSampler, StreamBatchSampler
 from training.distillation import load_teacher
 from training.distributed import Dist, init_distributed, shard, shard_networks
+from training.metrics_log import MetricsLog
+from training.report import write_run_report
 from training.schedules import (
     cosine_schedule,
     linear_warmup_then_constant,
@@ -297,6 +299,7 @@ def train(
     )
     if d.is_main:
         torch.save(weights, out / "teacher_backbone.pth")
+        write_run_report(out)
     return metrics
 
 
@@ -368,7 +371,7 @@ def _run(
     bar = tqdm(total=total, initial=iterations.start, disable=not (progress and d.is_main),
                desc="train")  # fmt: skip
     with (
-        open(out / f"metrics.rank{d.rank}.jsonl" if d.rank else out / "metrics.jsonl", "a") as f,
+        MetricsLog(out, d.rank) as log_metrics,
         bar,
         stop_requests() as stop_signal,
     ):
@@ -396,8 +399,7 @@ def _run(
                     "images_per_s": round(seen / (time.perf_counter() - segment_started), 2),
                     "skipped_images": skipped,
                 }
-                f.write(json.dumps(metrics) + "\n")
-                f.flush()
+                log_metrics.write(metrics)
                 warned = warned or (d.is_main and _warn_if_collapsed(metrics, schedules))
                 bar.set_postfix(loss=metrics["loss"], img_s=metrics["images_per_s"])
             signum = _any_rank(stop_signal())

@@ -25,6 +25,7 @@ from training.data.dataset import ManifestImageDataset
 from training.models import VisionTransformer
 from training.models.loading import load_backbone
 from training.models.preprocess import center_crop_transform
+from training.report import record_knn, write_run_report
 
 KS = (10, 20, 100, 200)
 
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     accuracy = knn_accuracy(*train, *val)
+    if args.checkpoint.is_dir():  # the run's report shows it
+        record_knn(args.checkpoint, accuracy, args.image_size)
+        write_run_report(args.checkpoint)
     print(json.dumps({"top1": {f"k={k}": round(a, 2) for k, a in accuracy.items()},
                       "train_images": len(train[0]), "val_images": len(val[0])}))  # fmt: skip
     return 0

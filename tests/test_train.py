@@ -218,6 +218,9 @@ def test_time_budget_stops_with_a_checkpoint_and_another_model_cannot_resume(man
     )
     with pytest.raises(ResumeMismatchError, match=r"model\.backbone\.depth: 0 -> 2"):
         trainer.train(other, [str(manifest)], tmp_path / "run", progress=False)
+    claim = json.loads((tmp_path / "run" / "config.json").read_text())
+    del claim["model"]["gram"]  # a run written before Gram anchoring existed resumes
+    (tmp_path / "run" / "config.json").write_text(json.dumps(claim))
     longer = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", OVERRIDES)
     resumed = trainer.train(longer, [str(manifest)], tmp_path / "run", progress=False)
     assert resumed["iteration"] == 3

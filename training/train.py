@@ -33,6 +33,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from manifests.allocator import keep_large_allocations
+from manifests.atomic import write_bytes_atomic
 from manifests.config import (
     ConfigError,
     add_config_arguments,
@@ -42,7 +43,7 @@ from manifests.config import (
 )
 from manifests.errors import PATH_ERRORS, ManifestError, error_line
 from manifests.image_rows import require_image_rows
-from manifests.job import claim_directory
+from manifests.job import claim_directory, read_claim
 from training.checkpoint import (
     checkpoint_iteration,
     latest_checkpoint,
@@ -118,10 +119,26 @@ def stop_requests() -> Iterator[Callable[[], int | None]]:
 def claim_run_directory(out: Path, config: TrainConfig) -> None:
     """Record the run's config in ``out/config.json``. A run directory resumes only its own
     run: model and crops must be unchanged (other keys, such as the schedule length or the
-    time budget, may change on resume)."""
+    time budget, may change on resume). A setting added to the trainer after the run was
+    written counts as its default there."""
     has_checkpoint = latest_checkpoint(out / "checkpoints") is not None
+    found = read_claim(out, "config.json")
+    if found is not None:
+        backfilled = _with_defaults(found, asdict(TrainConfig()))
+        write_bytes_atomic(out / "config.json", json.dumps(backfilled).encode())
     claim_directory(out, "config.json", asdict(config), has_checkpoint,
                     identity=("model", "crops"))  # fmt: skip
+
+
+def _with_defaults(found: dict, defaults: dict) -> dict:
+    """``found`` with the keys it lacks taken from ``defaults``, nested mappings alike."""
+    merged = dict(found)
+    for key, value in defaults.items():
+        if key not in found:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(found[key], dict):
+            merged[key] = _with_defaults(found[key], value)
+    return merged
 
 
 @dataclass

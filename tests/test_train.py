@@ -414,6 +414,10 @@ def test_a_student_distills_from_a_frozen_run_and_saves_its_own_ema(manifest, tm
     student = torch.load(tmp_path / "student" / "teacher_backbone.pth")  # the student's EMA
     assert "blocks.1.attn.qkv.weight" in student and "blocks.2.attn.qkv.weight" not in student
     assert (tmp_path / "teacher" / "teacher_backbone.pth").read_bytes() == teacher_weights
+    longer = load_config(TrainConfig, "configs/train/distill_tiny_cpu.yaml",
+                         DISTILL + [f"distillation.teacher={tmp_path / 'teacher'}",
+                                    "iters_per_epoch=3"])  # fmt: skip
+    assert trainer.train(longer, [str(manifest)], tmp_path / "student")["iteration"] == 3  # resumes
     wider = load_config(TrainConfig, "configs/train/distill_tiny_cpu.yaml",
                         DISTILL + [f"distillation.teacher={tmp_path / 'teacher'}",
                                    "model.head_prototypes=2048"])  # fmt: skip

@@ -270,6 +270,8 @@ def build_model(
         backbone = replace(model_config.backbone, img_size=img_size)
         model_config = replace(model_config, backbone=backbone)
     model = SSLMetaArch(model_config).to(d.device).train()
+    if config.distillation.enabled:  # the student never sees a mask token: nothing to train
+        model.student["backbone"].mask_token.requires_grad_(False)
     if d.world_size > 1:
         shard(model, mixed_precision=config.mixed_precision and d.device.type == "cuda")
     depth = len(model.student["backbone"].blocks)

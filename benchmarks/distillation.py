@@ -19,7 +19,14 @@ import json
 from pathlib import Path
 
 from high_res_phase import seconds_per_iteration  # noqa: I001 - benchmarks/ is its directory
-from ssl_fashion_mnist import RECIPE, calibrated_iterations, fashion_mnist, knn_top1, write_manifest
+from ssl_fashion_mnist import (
+    RECIPE,
+    add_data_arguments,
+    calibrated_iterations,
+    fashion_mnist,
+    knn_top1,
+    write_manifest,
+)
 
 from manifests.config import describe, load_config, parse_with_quick
 from training.config import TrainConfig
@@ -41,10 +48,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--student-depth", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-distill"))
-    p.add_argument("--train-images", type=int, help="the first N of the train split (all)")
-    p.add_argument("--test-images", type=int, help="the first N of the test split (all)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a trainer setting over the recipe's, every run (repeatable)")  # fmt: skip
+    add_data_arguments(p)
     args = parse_with_quick(p, {
         "teacher_iterations": 10, "iterations": 10, "train_images": 500, "test_images": 100,
         "workdir": Path("/tmp/lvd-bench-distill-quick"),

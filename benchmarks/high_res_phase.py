@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ssl_fashion_mnist import (  # noqa: I001 - benchmarks/ is the script's directory
     RECIPE,
+    add_data_arguments,
     calibrated_iterations,
     fashion_mnist,
     knn_top1,
@@ -69,10 +70,7 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.1, help="the phase's share of iterations")
     p.add_argument("--scale", type=int, default=2, help="the phase's crop sizes over the base")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/lvd-bench-phases"))
-    p.add_argument("--train-images", type=int, help="the first N of the train split (all)")
-    p.add_argument("--test-images", type=int, help="the first N of the test split (all)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a trainer setting over the recipe's (repeatable)")  # fmt: skip
+    add_data_arguments(p)
     args = parse_with_quick(p, {
         "iterations": 20, "train_images": 500, "test_images": 100,
         "workdir": Path("/tmp/lvd-bench-phases-quick"),

@@ -86,6 +86,14 @@ def ensure_dataset() -> None:
         apt_install(["dataset-fashion-mnist"], str(DATA))
 
 
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The Fashion-MNIST benchmarks' shared flags: split sizes and trainer overrides."""
+    p.add_argument("--train-images", type=int, help="the first N of the train split (all)")
+    p.add_argument("--test-images", type=int, help="the first N of the test split (all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a trainer setting over the recipe's, every run (repeatable)")  # fmt: skip
+
+
 def fashion_mnist(train_images: int | None, test_images: int | None) -> tuple[tuple, tuple]:
     """(images, labels) of the first ``train_images`` of the train split and the first
     ``test_images`` of the test split (None: all), installing the Debian package if needed."""
@@ -190,15 +198,7 @@ def main() -> None:
     p.add_argument("--knn-every", type=float, help="minutes between k-NN measurements")
     p.add_argument("--peer", choices=["lightly"], help="also train this library's DINO")
     p.add_argument("--peer-python", type=Path, help="the python of the peer's environment")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a trainer setting over the recipe's (repeatable)",
-    )
-    p.add_argument("--train-images", type=int, help="the first N of the train split (all)")
-    p.add_argument("--test-images", type=int, help="the first N of the test split (all)")
+    add_data_arguments(p)
     args = parse_with_quick(p, {
         "minutes": 0.05, "train_images": 1000, "test_images": 200,
         "workdir": Path("/tmp/lvd-bench-fmnist-quick"),

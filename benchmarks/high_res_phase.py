@@ -54,13 +54,18 @@ def fork(base: Path, run: Path, iteration: int) -> None:
     write_bytes_atomic(run / "checkpoints" / LATEST, step.encode())
 
 
-def seconds_per_iteration(run: Path, batch: int, start: int, stop: int, since: int) -> float:
-    """Seconds per iteration between the logged iterations ``start`` and ``stop`` of a run
-    whose ``images_per_s`` average over the iterations since ``since`` (where its train
-    call began)."""
-    lines = {m["iteration"]: m for m in map(json.loads, (run / "metrics.jsonl").open())}
-    elapsed = {it: (it - since) * batch / m["images_per_s"] for it, m in lines.items()}
-    return round((elapsed[stop] - elapsed.get(start, 0.0)) / (stop - start), 4)
+def seconds_per_iteration(run: Path, batch: int, start: int, stop: int) -> float:
+    """Seconds per iteration over the logged iterations in (``start``, ``stop``] of a run, from
+    the last train call that logged there: each line's ``images_per_s`` averages from its
+    call's ``since_iteration``, so the difference of two lines excludes the call's start-up."""
+    lines = [m for m in map(json.loads, (run / "metrics.jsonl").open())
+             if start < m["iteration"] <= stop]  # fmt: skip
+    since = lines[-1].get("since_iteration", 0)  # older runs: one call from iteration 0
+    first, last = next(m for m in lines if m.get("since_iteration", 0) == since), lines[-1]
+    elapsed = lambda m: (m["iteration"] - since) * batch / m["images_per_s"]  # noqa: E731
+    if first is last:  # one line: its average, start-up included
+        return round(batch / last["images_per_s"], 4)
+    return round((elapsed(last) - elapsed(first)) / (last["iteration"] - first["iteration"]), 4)
 
 
 def main() -> None:
@@ -104,15 +109,14 @@ def main() -> None:
             f"knn_top1_k20_at_{s}px": round(knn_top1(run, manifests, s), 2)
             for s in (size, size * args.scale)
         }
-        since = 0 if name == "base" else boundary
         arms[name]["s_per_iteration_last_phase"] = seconds_per_iteration(
-            run, batch, boundary, total, since
+            run, batch, boundary, total
         )
     result = {
         "iterations": total, "phase_start_iteration": boundary,
         "base_crops": [size, base_config.crops.local_size],
         "phase_crops": [high["global_size"], high["local_size"]],
-        "s_per_iteration_first_phase": seconds_per_iteration(base, batch, first, boundary, 0),
+        "s_per_iteration_first_phase": seconds_per_iteration(base, batch, first, boundary),
         "arms": arms,
         "knn_gain_at_base_size": round(arms["high_res"][f"knn_top1_k20_at_{size}px"]
                                        - arms["base"][f"knn_top1_k20_at_{size}px"], 2),

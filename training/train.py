@@ -416,6 +416,7 @@ def _run(
                     **{k: round(float(v.detach()), 5) for k, v in terms.items()},
                     **schedules.at(it),
                     "images_per_s": round(seen / (time.perf_counter() - segment_started), 2),
+                    "since_iteration": iterations.start,  # images_per_s averages from here
                     "skipped_images": skipped,
                 }
                 log_metrics.write(metrics)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from ssl_fashion_mnist import RECIPE, ensure_dataset, read_idx  # noqa: I001 - benchmarks/
+from ssl_fashion_mnist import RECIPE, ensure_dataset, read_idx, schedule  # noqa: I001 - benchmarks/
 
 from curation.index import KMeansConfig, assign, kmeans
 from manifests.config import describe, from_dict, load_config, parse_with_quick
@@ -271,10 +271,8 @@ def train_arm(rows: list[dict], run: Path, setup: Setup, seed: int) -> Path:
               for i, r in enumerate(rows)]  # fmt: skip
     manifest = write_image_manifest(listed, run.with_suffix(".parquet"))
     if not (run / "teacher_backbone.pth").exists():
-        config = load_config(TrainConfig, None, RECIPE + [f"seed={seed}", "epochs=10",
-                             f"iters_per_epoch={max(1, setup.iterations // 10)}",
-                             "optim.warmup_epochs=1", "teacher.warmup_temp_epochs=3",
-                             "checkpoint_every=1000000"])  # fmt: skip
+        config = load_config(TrainConfig, None, RECIPE + schedule(setup.iterations)
+                             + [f"seed={seed}", "checkpoint_every=1000000"])  # fmt: skip
         train(config, [str(manifest)], run, progress=False)
     return run
 
@@ -434,18 +432,8 @@ def main() -> None:
 
     embedder_run = work / "embedder"  # the curation ViT, on the held-out split
     if not (embedder_run / "teacher_backbone.pth").exists():
-        config = load_config(
-            TrainConfig,
-            None,
-            RECIPE
-            + [
-                "epochs=10",
-                f"iters_per_epoch={max(1, setup.embedder_iterations // 10)}",
-                "optim.warmup_epochs=1",
-                "teacher.warmup_temp_epochs=3",
-                "checkpoint_every=1000000",
-            ],
-        )
+        config = load_config(TrainConfig, None, RECIPE + schedule(setup.embedder_iterations)
+                             + ["checkpoint_every=1000000"])  # fmt: skip
         train(config, [str(held)], embedder_run, progress=False)
 
     pixels = data["images"].reshape(len(data["images"]), -1).astype(np.float32) / 255

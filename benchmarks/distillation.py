@@ -25,18 +25,13 @@ from ssl_fashion_mnist import (
     calibrated_iterations,
     fashion_mnist,
     knn_top1,
+    schedule,
     write_manifest,
 )
 
 from manifests.config import describe, load_config, parse_with_quick
 from training.config import TrainConfig
 from training.train import train
-
-
-def schedule(iterations: int) -> list[str]:
-    """``iterations`` laid out as ssl_fashion_mnist.py does (10 epochs, warmups 1 and 3)."""
-    return ["epochs=10", f"iters_per_epoch={max(1, iterations // 10)}",
-            "optim.warmup_epochs=1", "teacher.warmup_temp_epochs=3"]  # fmt: skip
 
 
 def main() -> None:
@@ -82,7 +77,7 @@ def main() -> None:
         result[name] = {
             "knn_top1_k20": round(knn_top1(run, manifests), 2),
             "s_per_iteration": seconds_per_iteration(run, config.data.batch_size,
-                                                     config.log_every, total, 0),
+                                                     config.log_every, total),
         }  # fmt: skip
     result["teacher"] = {
         "run": str(teacher),

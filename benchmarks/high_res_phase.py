@@ -24,6 +24,7 @@ from ssl_fashion_mnist import (  # noqa: I001 - benchmarks/ is the script's dire
     calibrated_iterations,
     fashion_mnist,
     knn_top1,
+    schedule,
     write_manifest,
 )
 
@@ -33,16 +34,14 @@ from training.checkpoint import LATEST
 from training.config import TrainConfig
 from training.train import train
 
-EPOCHS = 10  # the recipe's schedule in 10 "epochs", as ssl_fashion_mnist.py lays it out
+EPOCHS = 10  # schedule()'s "epochs"
 
 
 def recipe(iterations: int, boundary_epoch: int, extra: list[str]) -> list[str]:
     """The Fashion-MNIST recipe over ``iterations``, checkpointed where the phase starts."""
     per_epoch = max(1, iterations // EPOCHS)
-    return RECIPE + extra + [
-        f"epochs={EPOCHS}", f"iters_per_epoch={per_epoch}", "optim.warmup_epochs=1",
-        "teacher.warmup_temp_epochs=3", f"checkpoint_every={boundary_epoch * per_epoch}",
-    ]  # fmt: skip
+    return RECIPE + extra + schedule(iterations) + [
+        f"checkpoint_every={boundary_epoch * per_epoch}"]  # fmt: skip
 
 
 def fork(base: Path, run: Path, iteration: int) -> None:

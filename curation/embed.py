@@ -23,7 +23,6 @@ import contextlib
 import functools
 import hashlib
 import io
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from manifests.embeddings import EmbeddingStore
 from manifests.image_rows import ImageBytesReader, ImageRow, require_image_rows
 from manifests.job import relative_paths
 from manifests.parquet_io import pending_shards
-from training.models.loading import load_backbone
+from training.models.loading import evaluation_size, load_backbone
 from training.models.preprocess import center_crop_transform, image_tensor
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def _vit(spec: str) -> Embedder:
         run = Path(spec.removeprefix("vit:"))
         model = load_backbone(run, None, 14)
         # at the size it was trained on (a Fashion-MNIST ViT sees 28 px crops)
-        size = json.loads((run / "config.json").read_text())["crops"]["global_size"]
+        size = evaluation_size(run, model)
         return Embedder(spec, model, center_crop_transform(size), model.embed_dim)
     arch_patch, _, path = spec.partition(":")
     arch, _, patch = arch_patch.partition("/")

@@ -38,7 +38,7 @@ def read_image_rows(paths: list[str | Path]) -> list[ImageRow]:
             table = table.filter(pc.equal(table.column("status"), "ok"))
         names = set(table.column_names)
         ids = table.column("id").to_pylist() if "id" in names else [None] * table.num_rows
-        sources = _sources(file, table)
+        sources = image_sources(file, table)
         labels = table.column("label").to_pylist() if "label" in names else [None] * len(sources)
         copies = table.column("copies").to_pylist() if "copies" in names else [1] * len(sources)
         for i, (source, key) in enumerate(sources):
@@ -63,7 +63,7 @@ def row_location(row: ImageRow) -> dict[str, str | None]:
     return {"path": None, "tar": row["source"], "key": row["key"]}
 
 
-def _sources(file: Path, table: pa.Table) -> list[tuple[str, str | None]]:
+def image_sources(file: Path, table: pa.Table) -> list[tuple[str, str | None]]:
     """(image file or tar shard, key inside the tar or None) of each row. A row is located
     by ``path``, else by ``tar`` + ``key``, else by a crawl pool's ``shard`` + ``key``."""
     names = set(table.column_names)

@@ -106,6 +106,10 @@ class TrainConfig:
     # later phases of the run at other crop sizes (the high-resolution phase)
     phases: list[PhaseConfig] = field(default_factory=list)
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    # backbone weights a new run starts from (student and teacher): our run directory, a
+    # transformers DINOv2 directory, or an official weights file (then init_arch names it)
+    init: str = ""
+    init_arch: str | None = None
 
     @property
     def total_iterations(self) -> int:

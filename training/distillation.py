@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -17,7 +17,8 @@ from torch import nn
 from manifests.config import ConfigError, from_dict
 from training.checkpoint import latest_checkpoint, load_submodules
 from training.models.loading import load_backbone
-from training.ssl_meta_arch import SSLConfig, build_networks
+from training.models.transformers_format import is_transformers_dir
+from training.ssl_meta_arch import SSLConfig, build_heads, build_networks
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class DistillationConfig:
     enabled: bool = False
-    # the teacher: a run directory of training.train, or an official backbone weights file
+    # the teacher: a run directory of training.train, a transformers DINOv2 directory, or an
+    # official backbone weights file
     teacher: str = ""
     arch: str | None = None  # for a weights file: its architecture (vit_giant2, ...)
 
@@ -34,30 +36,30 @@ def load_teacher(config: DistillationConfig, student: SSLConfig, device) -> nn.M
     """The frozen teacher (backbone, DINO head, iBOT head when it has its own) in eval mode.
 
     From a run directory: the backbone the run saved and its teacher's heads from its
-    latest checkpoint. From a weights file (the official releases carry no heads): the
-    backbone, and heads built as the student's and frozen at their random init, which makes
-    the targets a fixed random projection of the teacher's features (a warning says so)."""
+    latest checkpoint. From a weights file or a transformers directory (the official
+    releases carry no heads): the backbone, and heads built as the student's and frozen at
+    their random init, which makes the targets a fixed random projection of the teacher's
+    features (a warning says so)."""
     if not config.teacher:
-        raise ConfigError("distillation.enabled needs distillation.teacher: a run directory or "
-                          "an official weights file (--set distillation.teacher=PATH)")  # fmt: skip
+        raise ConfigError("distillation.enabled needs distillation.teacher: a run directory, a "
+                          "transformers DINOv2 directory or an official weights file "
+                          "(--set distillation.teacher=PATH)")  # fmt: skip
     path = Path(config.teacher)
     patch = student.backbone.patch_size
     backbone = load_backbone(path, config.arch, patch)
     if backbone.patch_size != patch:
         raise ConfigError(f"distillation.teacher {path}: patch size {backbone.patch_size}, the "
                           f"student's is {patch}; iBOT pairs their patches one to one")  # fmt: skip
-    if path.is_dir():
+    if path.is_dir() and not is_transformers_dir(path):
         teacher_config = _run_model_config(path)
         nets = build_networks(teacher_config)
         _load_heads(path, nets)
+        nets["backbone"] = backbone
     else:
-        log.warning("distillation.teacher %s is a weights file without DINO/iBOT heads: the "
+        log.warning("distillation.teacher %s holds a backbone without DINO/iBOT heads: the "
                     "teacher's heads are random and frozen", path)  # fmt: skip
         teacher_config = student
-        # heads over the teacher's width; a one-block backbone stands in until replaced
-        stand_in = replace(student.backbone, arch=config.arch, depth=1)
-        nets = build_networks(replace(student, backbone=stand_in))
-    nets["backbone"] = backbone
+        nets = nn.ModuleDict({"backbone": backbone, **build_heads(student, backbone.embed_dim)})
     _check_heads_match(teacher_config, student, path)
     for p in nets.parameters():
         p.requires_grad_(False)

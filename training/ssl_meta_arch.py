@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
+from manifests.config import ConfigError
 from training.layers.dino_head import DINOHead
 from training.loss import EMACenter, dino_loss, gram_loss, ibot_loss, koleo_loss, sinkhorn_knopp
 from training.models.config import BackboneConfig, build_backbone
@@ -69,13 +70,17 @@ class SSLConfig:
 def build_networks(config: SSLConfig) -> nn.ModuleDict:
     """Backbone, DINO head and (when separate) iBOT head of one side, student or teacher."""
     backbone = build_backbone(config.backbone)
-    dim = backbone.embed_dim
-    dino = DINOHead(dim, config.head_prototypes, config.head_hidden, config.head_bottleneck)
-    nets = {"backbone": backbone, "dino_head": dino}
+    return nn.ModuleDict({"backbone": backbone, **build_heads(config, backbone.embed_dim)})
+
+
+def build_heads(config: SSLConfig, dim: int) -> dict[str, nn.Module]:
+    """The DINO head and (when separate) the iBOT head over features of width ``dim``."""
+    heads = {"dino_head": DINOHead(dim, config.head_prototypes, config.head_hidden,
+                                   config.head_bottleneck)}  # fmt: skip
     if config.ibot_separate_head:
-        nets["ibot_head"] = DINOHead(dim, config.ibot_prototypes, config.head_hidden,
-                                     config.ibot_bottleneck)  # fmt: skip
-    return nn.ModuleDict(nets)
+        heads["ibot_head"] = DINOHead(dim, config.ibot_prototypes, config.head_hidden,
+                                      config.ibot_bottleneck)  # fmt: skip
+    return heads
 
 
 def ibot_head_of(nets: nn.ModuleDict) -> nn.Module:
@@ -103,6 +108,20 @@ class SSLMetaArch(nn.Module):
         if config.gram.enabled:  # in the checkpoints, so a resumed run anchors to the same
             self.gram_teacher = nn.ModuleDict({"backbone": copy.deepcopy(self.teacher["backbone"])})
             self.gram_teacher.requires_grad_(False)
+
+    def start_from(self, backbone: nn.Module) -> None:
+        """Student, teacher (and Gram teacher) backbones from ``backbone``'s weights: its
+        position grid resampled to theirs by its own rule, everything else as it is."""
+        ours = self.student["backbone"]
+        state = backbone.state_dict()
+        with torch.no_grad():
+            state["pos_embed"] = backbone.interpolate_pos_encoding(ours.image_size, ours.image_size)
+        try:
+            for module in (self.student, self.teacher, getattr(self, "gram_teacher", {})):
+                if "backbone" in module:
+                    module["backbone"].load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # names what does not match (sizes, registers, depth)
+            raise ConfigError(f"init: the weights do not fit model.backbone: {exc}") from exc
 
     def train(self, mode: bool = True) -> SSLMetaArch:
         """Train (or evaluate) the student; the teachers are always in eval mode."""

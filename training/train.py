@@ -58,6 +58,7 @@ from training.data.stream import MixedBatchSampler, StreamBatchSampler
 from training.distillation import load_teacher
 from training.distributed import Dist, init_distributed, shard, shard_networks
 from training.metrics_log import MetricsLog
+from training.models.loading import load_backbone
 from training.report import write_run_report
 from training.schedules import (
     cosine_schedule,
@@ -260,16 +261,21 @@ def train_step(
 
 
 def build_model(
-    config: TrainConfig, d: Dist, img_size: int | None = None
+    config: TrainConfig, d: Dist, img_size: int | None = None, initial: bool = False
 ) -> tuple[SSLMetaArch, torch.optim.Optimizer]:
     """Student, teacher and AdamW; ``img_size`` sets the position grid (default: the
-    recipe's ``model.backbone.img_size``)."""
+    recipe's ``model.backbone.img_size``); ``initial``: a new run, whose backbones start
+    from ``config.init`` when it names weights."""
     torch.manual_seed(config.seed)
     model_config = config.model
     if img_size is not None:
         backbone = replace(model_config.backbone, img_size=img_size)
         model_config = replace(model_config, backbone=backbone)
     model = SSLMetaArch(model_config).to(d.device).train()
+    if initial and config.init:
+        model.start_from(load_backbone(Path(config.init), config.init_arch,
+                                       config.model.backbone.patch_size))  # fmt: skip
+        log.info("the backbones start from %s", config.init)
     if config.distillation.enabled:  # the student never sees a mask token: nothing to train
         model.student["backbone"].mask_token.requires_grad_(False)
     if d.world_size > 1:
@@ -299,7 +305,7 @@ def train(
     for segment in segments:  # a phase's first step loads the phase before's checkpoint
         if start >= segment.stop and segment is not segments[-1]:
             continue
-        model, optimizer = build_model(config, d, segment.img_size)
+        model, optimizer = build_model(config, d, segment.img_size, initial=not found)
         if found:
             start = load_checkpoint(found, model, optimizer)
             log.info("resuming from %s at iteration %d", found, start)
@@ -487,7 +493,8 @@ def _check_finite(terms: dict[str, torch.Tensor], it: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.train", description=describe(__doc__))
-    add_config_arguments(p, "a training recipe (configs/train/)", required=True)
+    add_config_arguments(p, "a training recipe (configs/train/)", required=True,
+                         shorthands={"init": "init"})  # fmt: skip
     p.add_argument(
         "--manifest",
         required=True,

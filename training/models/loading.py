@@ -12,16 +12,20 @@ import torch
 
 from manifests.config import ConfigError, from_dict
 from training.models.config import BackboneConfig, backbone_section, build_backbone
+from training.models.transformers_format import is_transformers_dir, load_transformers_dir
 from training.models.vision_transformer import VisionTransformer, build_vit
 
 
 def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> VisionTransformer:
-    """Our run directory (config.json + teacher_backbone.pth) or an official .pth file
-    (then ``arch`` and ``patch_size`` say which ViT it is). Returns the model in eval mode."""
+    """Our run directory (config.json + teacher_backbone.pth), a transformers DINOv2
+    directory (config.json + model.safetensors), or an official .pth file (then ``arch`` and
+    ``patch_size`` say which ViT it is). Returns the model in eval mode."""
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
-        raise FileNotFoundError(f"{checkpoint}: no backbone weights (no such run directory or "
-                                "weights file)")  # fmt: skip
+        raise FileNotFoundError(f"{checkpoint}: no backbone weights (no such run directory, "
+                                "transformers directory or weights file)")  # fmt: skip
+    if is_transformers_dir(checkpoint):
+        return load_transformers_dir(checkpoint)
     if checkpoint.is_dir():
         config = json.loads((checkpoint / "config.json").read_text())
         backbone = from_dict(BackboneConfig, backbone_section(config["model"]),
@@ -38,6 +42,20 @@ def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> Vision
         model = build_vit(arch, patch_size, **official_layout(state, patch_size))
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def evaluation_size(checkpoint: Path, model: VisionTransformer) -> int:
+    """The image size a backbone from ``checkpoint`` embeds at: a run's global crop size, a
+    transformers directory's crop size (its preprocessor_config.json), else its grid's."""
+    checkpoint = Path(checkpoint)
+    if is_transformers_dir(checkpoint):
+        processor = checkpoint / "preprocessor_config.json"
+        if processor.is_file():
+            crop = json.loads(processor.read_text()).get("crop_size", {})
+            return int(crop.get("height", model.image_size))
+    elif checkpoint.is_dir():
+        return json.loads((checkpoint / "config.json").read_text())["crops"]["global_size"]
+    return model.image_size
 
 
 def official_layout(state: dict[str, torch.Tensor], patch_size: int) -> dict[str, Any]:

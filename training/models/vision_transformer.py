@@ -101,6 +101,11 @@ class VisionTransformer(nn.Module):
             elif isinstance(module, LayerScale):
                 module.reset_parameters()
 
+    @property
+    def image_size(self) -> int:
+        """The side of the images the learned position grid is for (no resampling)."""
+        return math.isqrt(self.pos_embed.shape[1] - 1) * self.patch_size
+
     def interpolate_pos_encoding(self, height: int, width: int) -> Tensor:
         """Position embeddings for an image of ``height`` x ``width`` pixels (bicubic)."""
         rows, cols = height // self.patch_size, width // self.patch_size

@@ -175,7 +175,7 @@ def test_a_transformers_directory_is_a_distillation_teacher(tmp_path, caplog):
     student = load_config(TrainConfig, "configs/train/tiny_cpu.yaml", []).model
     teacher = load_teacher(DistillationConfig(True, str(tmp_path / "hf")), student, "cpu")
     assert "random and frozen" in caplog.text
-    x = torch.randn(2, 3, 56, 56)
+    x = torch.randn(2, 3, 224, 224)  # the exported grid's size (elsewhere: transformers' rule)
     _assert_same(_ours(teacher["backbone"], x), *_ours(model, x), "teacher backbone")
     assert teacher["dino_head"].mlp[0].in_features == model.embed_dim
     assert not any(p.requires_grad for p in teacher.parameters())

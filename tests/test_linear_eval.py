@@ -65,6 +65,20 @@ def test_logistic_regression_matches_scikit_learn():
         np.testing.assert_allclose(probabilities, ref.predict_proba(x), atol=1e-4)
 
 
+def test_the_coarse_to_fine_c_search_finds_the_full_grids_best_with_fewer_fits():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(400, 30))
+    x = torch.tensor(features)
+    y = torch.tensor((features[:, 0] + rng.normal(scale=1.0, size=400) > 0).astype(int))
+    xt = torch.tensor(rng.normal(size=(200, 30)))
+    yt = (xt[:, 0] > 0).long()
+    full = linear.logreg_eval((x, y), (xt, yt), stride=1)
+    fast = linear.logreg_eval((x, y), (xt, yt))
+    assert full["C_values_fitted"] == 45 and fast["C_values_fitted"] <= 18
+    assert fast["val_accuracy"] == full["val_accuracy"]
+    assert 1e-6 < full["C"] < 1e5  # an interior optimum: the search had to find it
+
+
 def test_cli_reports_the_linear_probe_and_the_logistic_regression(tmp_path, capsys):
     run = _run_dir(tmp_path)
     train = _labelled_manifest(tmp_path, "train", 30, 0)

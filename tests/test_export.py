@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from curation.embed import load_embedder
 from manifests.config import ConfigError, load_config
 from training import train as trainer
 from training.config import TrainConfig
@@ -179,3 +180,16 @@ def test_a_transformers_directory_is_a_distillation_teacher(tmp_path, caplog):
     _assert_same(_ours(teacher["backbone"], x), *_ours(model, x), "teacher backbone")
     assert teacher["dino_head"].mlp[0].in_features == model.embed_dim
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_the_embedder_reads_a_transformers_directory_at_its_crop_size(tmp_path):
+    model = _random_vit("vit_small", 4)
+    export(at_image_size(model, 112), "transformers", tmp_path / "hf")
+    embedder = load_embedder(f"vit:{tmp_path / 'hf'}")
+    image = torch.rand(3, 150, 200)
+    batch = embedder.transform(image)[None]
+    assert batch.shape == (1, 3, 112, 112) and embedder.dim == 384
+    with torch.no_grad():
+        hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
+        expected = hf(pixel_values=batch).pooler_output  # the final-norm CLS token
+        assert (embedder.model(batch) - expected).abs().max() < TOLERANCE

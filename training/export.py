@@ -67,6 +67,7 @@ def export(model: VisionTransformer, fmt: str, out: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     save_file(state, partial / WEIGHTS, metadata={"format": "pt"})
+    (partial / WEIGHTS).chmod(0o644)  # safetensors writes 0600; the config files are 0644
     for name, content in files.items():
         (partial / name).write_text(json.dumps(content, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)

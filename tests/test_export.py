@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from curation.embed import load_embedder
 from manifests.config import ConfigError, load_config
+from tests.test_knn import _labelled_manifest
 from training import train as trainer
 from training.config import TrainConfig
 from training.distillation import DistillationConfig, load_teacher
 from training.distributed import init_distributed
+from training.eval import knn
 from training.export import at_image_size, export
 from training.models.loading import load_backbone
 from training.models.vision_transformer import VisionTransformer, build_vit
@@ -193,3 +195,33 @@ def test_the_embedder_reads_a_transformers_directory_at_its_crop_size(tmp_path):
         hf = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
         expected = hf(pixel_values=batch).pooler_output  # the final-norm CLS token
         assert (embedder.model(batch) - expected).abs().max() < TOLERANCE
+
+
+def test_knn_on_a_transformers_directory_leaves_it_as_it_was(tmp_path, capsys):
+    """A transformers directory is not a run: the k-NN reports, and writes no run report or
+    k-NN record into it."""
+    export(_random_vit("vit_small", 0), "transformers", tmp_path / "hf")
+    before = sorted(p.name for p in (tmp_path / "hf").iterdir())
+    train = _labelled_manifest(tmp_path, "train", 12, 0)
+    val = _labelled_manifest(tmp_path, "val", 4, 1)
+    code = knn.main(["--checkpoint", str(tmp_path / "hf"), "--train-manifest", train,
+                     "--val-manifest", val, "--image-size", "56", "--workers", "0"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == before
+
+
+def test_a_directory_transformers_cannot_describe_is_refused_naming_it(tmp_path):
+    export(_random_vit("vit_small", 0), "transformers", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "model_type": "vit"}))
+    with pytest.raises(ConfigError, match="model_type 'vit'; expected dinov2"):
+        load_backbone(tmp_path / "hf", None, 14)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    state = load_file(tmp_path / "hf" / "model.safetensors")
+    del state["encoder.layer.3.attention.attention.key.weight"]
+    save_file(state, tmp_path / "hf" / "model.safetensors")
+    with pytest.raises(ConfigError, match=r"1 weights missing .*layer\.3\.attention"):
+        load_backbone(tmp_path / "hf", None, 14)
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        load_backbone(tmp_path / "hf", None, 14)

@@ -16,8 +16,7 @@ from torch import nn
 
 from manifests.config import ConfigError, from_dict
 from training.checkpoint import latest_checkpoint, load_submodules
-from training.models.loading import load_backbone
-from training.models.transformers_format import is_transformers_dir
+from training.models.loading import is_run_directory, load_backbone
 from training.ssl_meta_arch import SSLConfig, build_heads, build_networks
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def load_teacher(config: DistillationConfig, student: SSLConfig, device) -> nn.M
     if backbone.patch_size != patch:
         raise ConfigError(f"distillation.teacher {path}: patch size {backbone.patch_size}, the "
                           f"student's is {patch}; iBOT pairs their patches one to one")  # fmt: skip
-    if path.is_dir() and not is_transformers_dir(path):
+    if is_run_directory(path):
         teacher_config = _run_model_config(path)
         nets = build_networks(teacher_config)
         _load_heads(path, nets)

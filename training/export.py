@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from manifests.config import ConfigError, describe
 from manifests.errors import PATH_ERRORS, error_line
-from training.models.loading import load_backbone
+from training.models.loading import add_backbone_arguments, load_backbone
 from training.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from training.models.timm_format import timm_config, timm_state_dict
 from training.models.transformers_format import (
@@ -91,20 +91,13 @@ def _image_processor(model: VisionTransformer) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.export", description=describe(__doc__))
-    p.add_argument(
-        "--run",
-        required=True,
-        type=Path,
-        help="our run directory, a transformers DINOv2 directory or a weights file",
-    )
+    add_backbone_arguments(p, "--run")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, type=Path, help="the directory to write")
     p.add_argument("--image-size", type=int, help="the position grid's image size")
-    p.add_argument("--arch", help="a weights file's architecture (vit_small, ...)")
-    p.add_argument("--patch-size", type=int, default=14, help="a weights file's patch size")
     args = p.parse_args(argv)  # fmt: skip
     try:
-        model = load_backbone(args.run, args.arch, args.patch_size)
+        model = load_backbone(args.checkpoint, args.arch, args.patch_size)
         if args.image_size:
             model = at_image_size(model, args.image_size)
         out = export(model, args.format, args.out)

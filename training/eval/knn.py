@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from manifests.config import ConfigError, describe
 from manifests.errors import PATH_ERRORS, ManifestError, error_line
 from training.data.dataset import ManifestImageDataset
 from training.models import VisionTransformer
-from training.models.loading import load_backbone
+from training.models.loading import add_backbone_arguments, is_run_directory, load_backbone
 from training.models.preprocess import center_crop_transform
 from training.report import record_knn, write_run_report
 
@@ -91,21 +90,12 @@ def extract(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.eval.knn", description=describe(__doc__))
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        type=Path,
-        help="a run directory of training.train, or a weights file",
-    )
+    add_backbone_arguments(p)
     p.add_argument(
         "--train-manifest", required=True, nargs="+", help="labelled manifests: the memory bank"
     )
     p.add_argument(
         "--val-manifest", required=True, nargs="+", help="labelled manifests: the images classified"
-    )
-    p.add_argument("--arch", help="for a bare weights file: vit_small, vit_base, ...")
-    p.add_argument(
-        "--patch-size", type=int, default=14, help="for a bare weights file (default 14)"
     )
     p.add_argument(
         "--image-size", type=int, default=224, help="centre-crop side in pixels (default 224)"
@@ -123,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     accuracy = knn_accuracy(*train, *val)
-    if args.checkpoint.is_dir():  # the run's report shows it
+    if is_run_directory(args.checkpoint):  # the run's report shows it
         record_knn(args.checkpoint, accuracy, args.image_size)
         write_run_report(args.checkpoint)
     print(json.dumps({"top1": {f"k={k}": round(a, 2) for k, a in accuracy.items()},

@@ -35,7 +35,7 @@ from manifests.config import ConfigError, describe
 from manifests.errors import PATH_ERRORS, ManifestError, error_line
 from training.eval.knn import extract
 from training.models import VisionTransformer
-from training.models.loading import load_backbone
+from training.models.loading import add_backbone_arguments, load_backbone
 
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
 BLOCKS = (1, 4)
@@ -213,12 +213,9 @@ def final_cls(features: torch.Tensor) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.eval.linear",
                                 description=describe(__doc__))  # fmt: skip
-    p.add_argument("--checkpoint", required=True, type=Path,
-                   help="a run directory of training.train, or a weights file")  # fmt: skip
+    add_backbone_arguments(p)
     p.add_argument("--train-manifest", required=True, nargs="+", help="labelled manifests")
     p.add_argument("--val-manifest", required=True, nargs="+", help="labelled manifests reported")
-    p.add_argument("--arch", help="for a bare weights file: vit_small, vit_base, ...")
-    p.add_argument("--patch-size", type=int, default=14, help="for a bare weights file")
     p.add_argument("--image-size", type=int, default=224, help="centre-crop side in pixels")
     p.add_argument("--iterations", type=int, default=12_500, help="probe iterations (12,500)")
     p.add_argument("--batch-size", type=int, default=128, help="probe batch (128)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import replace
@@ -44,6 +45,23 @@ def load_backbone(checkpoint: Path, arch: str | None, patch_size: int) -> Vision
     return model.eval()
 
 
+def add_backbone_arguments(p: argparse.ArgumentParser, flag: str = "--checkpoint") -> None:
+    """A command's backbone: ``flag`` (into ``args.checkpoint``) and, for a bare weights
+    file, ``--arch`` and ``--patch-size``: what :func:`load_backbone` takes."""
+    p.add_argument(flag, dest="checkpoint", required=True, type=Path,
+                   help="a run directory of training.train, a transformers DINOv2 directory, "
+                        "or a weights file")  # fmt: skip
+    p.add_argument("--arch", help="for a bare weights file: vit_small, vit_base, ...")
+    p.add_argument("--patch-size", type=int, default=14,
+                   help="for a bare weights file (default 14)")  # fmt: skip
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether ``path`` is one of our training runs (a transformers directory also holds a
+    config.json)."""
+    return Path(path).is_dir() and not is_transformers_dir(Path(path))
+
+
 def evaluation_size(checkpoint: Path, model: VisionTransformer) -> int:
     """The image size a backbone from ``checkpoint`` embeds at: a run's global crop size, a
     transformers directory's crop size (its preprocessor_config.json), else its grid's."""
@@ -53,7 +71,7 @@ def evaluation_size(checkpoint: Path, model: VisionTransformer) -> int:
         if processor.is_file():
             crop = json.loads(processor.read_text()).get("crop_size", {})
             return int(crop.get("height", model.image_size))
-    elif checkpoint.is_dir():
+    elif is_run_directory(checkpoint):
         return json.loads((checkpoint / "config.json").read_text())["crops"]["global_size"]
     return model.image_size
 

@@ -61,6 +61,8 @@ POOL = ManifestSchema(
             pa.field("shard", pa.int32(), nullable=False),
             pa.field("key", pa.string()),  # sample key inside the tar shard (ok rows)
             pa.field("fetch_time", pa.timestamp("ms", tz="UTC")),
+            # seconds from the URL's first try to its outcome, retries and waits included
+            pa.field("fetch_s", pa.float32()),
         ]
     ),
 )

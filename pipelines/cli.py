@@ -54,6 +54,11 @@ def add_network_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="download despite X-Robots-Tag noai/noimageai/noindex/noimageindex",
     )
+    p.add_argument(
+        "--ignore-robots-txt",
+        action="store_true",
+        help="download paths that a host's robots.txt disallows (it is read by default)",
+    )
 
 
 def network_overrides(args: argparse.Namespace, prefix: str = "") -> list[str]:
@@ -65,4 +70,6 @@ def network_overrides(args: argparse.Namespace, prefix: str = "") -> list[str]:
         overrides.append(f"{prefix}fetch.allowed_networks=[{','.join(args.allow_network)}]")
     if args.ignore_robots_directives:
         overrides.append(f"{prefix}fetch.disallowed_robots_directives=[]")
+    if args.ignore_robots_txt:
+        overrides.append(f"{prefix}fetch.robots_txt=false")
     return overrides

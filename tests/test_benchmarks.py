@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = {
     "build_engines.py": ([], ["engines"]),
     "crawl_throughput.py": ([], ["ours", "pixel_limit", "ratio_ours_to_pixel_limit"]),
+    "crawl_web.py": ([], ["network"]),
     "curation_value.py": ([], ["arms", "targets"]),
     "dedup_quality.py": ([], ["routes"]),
     "high_res_phase.py": ([], ["arms", "knn_gain_at_scaled_size", "s_per_iteration_first_phase"]),

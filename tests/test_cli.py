@@ -142,9 +142,9 @@ print("crawler imported here:", "curation.crawl.shard" in sys.modules)
 
 
 def test_the_crawl_command_preloads_the_module_of_the_crawl_task():
-    from curation.crawl.shard import crawl_shard
+    from curation.crawl.shard import crawl_lane
 
-    assert crawl_shard.__module__ == cli.CRAWL_TASKS  # a rename would preload nothing useful
+    assert crawl_lane.__module__ == cli.CRAWL_TASKS  # a rename would preload nothing useful
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -43,6 +43,7 @@ CASES: dict[str, tuple[Route, str]] = {
     "/503-then-ok.jpg": (Route(body=FULL, fail_first=1, fail_status=503), "ok"),
     "/redirect-to-ok": (Route(status=302, headers={"Location": "/ok.jpg"}), "ok"),
     "/server-error.jpg": (Route(status=500, body=b"boom", content_type="text/plain"), "http_5xx"),
+    "/unavailable.jpg": (Route(status=503, body=b"busy", content_type="text/plain"), "http_5xx"),
     "/forbidden.jpg": (Route(status=403, body=b"no", content_type="text/plain"), "http_4xx"),
     "/slow-drip.jpg": (Route(body=FULL[:400], drip_interval_s=0.05), "timeout"),
     "/endless.jpg": (Route(body=b"\xff" * 65536, endless=True), "too_large"),
@@ -194,7 +195,8 @@ def test_image_processing_outcomes(crawled, hostile_web):
 
 
 def test_retries_and_retry_after(crawled, hostile_web):
-    assert hostile_web.hits["/server-error.jpg"] == 3  # first try + max_retries
+    assert hostile_web.hits["/unavailable.jpg"] == 3  # first try + max_retries
+    assert hostile_web.hits["/server-error.jpg"] == 1  # a 500 is the server's bug: final
     assert hostile_web.hits["/forbidden.jpg"] == 1  # 4xx other than 429 is final
     first, second = hostile_web.hit_times["/429-then-ok.jpg"][:2]
     assert second - first >= 0.95  # Retry-After: 1 honoured

@@ -17,15 +17,30 @@ PARALLELISM = {"processes", "threads_per_process", "concurrency", "per_host_conc
 class FetchConfig:
     user_agent_token: str = "lvd-builder"
     user_agent: str = "Mozilla/5.0 (compatible; lvd-builder/0.1; image dataset research crawler)"
-    # requests in flight, all hosts together (split over processes)
-    concurrency: int = bounded(256, at_least=1)
-    per_host_concurrency: int = bounded(16, at_least=1)  # (split over processes)
+    # requests in flight, all hosts together (split over processes); the web is slow, so
+    # this is in the thousands, apart from the decode threads (threads_per_process)
+    concurrency: int = bounded(1024, at_least=1)
+    # connections to one host at once (split over processes); a host starts at one, the
+    # robots.txt request, and is halved on each 429
+    per_host_concurrency: int = bounded(8, at_least=1)
     connect_timeout_s: float = bounded(5.0, above=0)
     read_timeout_s: float = bounded(10.0, above=0)  # longest silence between two reads
-    total_timeout_s: float = bounded(30.0, above=0)  # one attempt, redirects and body included
-    max_retries: int = bounded(2, at_least=0)  # on connection errors, 5xx and 429
+    # one deadline per URL, from its first try: DNS, connect, first byte, body, redirects,
+    # retries and their waits (a retry that cannot start before it is not made)
+    total_timeout_s: float = bounded(30.0, above=0)
+    max_retries: int = bounded(2, at_least=0)  # on 429, 5xx and connection resets only
     backoff_base_s: float = 0.5  # delay before retry n is base * 2**n, jittered
     max_retry_after_s: float = 30.0  # a longer Retry-After is not waited for
+    # this many connection failures or timeouts in a row open a host's circuit breaker:
+    # its URLs fail at once (host_unavailable) until one probe may try again
+    breaker_failures: int = bounded(3, at_least=1)
+    breaker_cooldown_s: float = bounded(60.0, at_least=0)
+    robots_txt: bool = True  # fetch each host's robots.txt once and honour it (RFC 9309)
+    # DNS: answers and failures are kept per name (a failure for the shorter time)
+    nameservers: list[str] = field(default_factory=list)  # "IP" or "IP:PORT"; [] = system's
+    dns_timeout_s: float = bounded(2.0, above=0)  # per try, two tries
+    dns_cache_s: float = bounded(3600.0, at_least=0)
+    dns_negative_cache_s: float = bounded(300.0, at_least=0)
     max_redirects: int = bounded(5, at_least=0)
     max_bytes: int = bounded(16 * 1024 * 1024, at_least=1)  # response body cap, after decompression
     disallowed_robots_directives: list[str] = field(default_factory=lambda: [*DEFAULT_DISALLOWED])

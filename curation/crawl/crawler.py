@@ -1,9 +1,9 @@
 """The crawl stage: download, process and commit the shards of a :class:`CrawlPlan`.
 
 :func:`run_crawl` plans the inputs, claims the output directory, and hands the shards not
-yet committed to a :class:`~curation.tasks.ShardRunner` (one
-:func:`~curation.crawl.shard.crawl_shard` task each), so a killed run resumes where it
-stopped.
+yet committed to a :class:`~curation.tasks.ShardRunner`, dealt into one lane per process
+(a :func:`~curation.crawl.shard.crawl_lane` task each, which commits every shard as it
+completes), so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import NO_IMAGE_HINTS, ErrorCode, InputError, NoImagesError
 from curation.crawl.fetch import Fetcher
 from curation.crawl.plan import CrawlPlan, plan_crawl
-from curation.crawl.shard import crawl_shard
+from curation.crawl.shard import crawl_lane
 from curation.crawl.urls import shard_source
 from curation.local_runner import local_processes, run_locally
 from curation.tasks import ShardRunner, ShardTasks
@@ -78,8 +78,9 @@ def run_crawl(
     runner: ShardRunner = run_locally,
 ) -> CrawlSummary:
     """Crawl every input URL into ``out_dir``; a rerun skips shards already complete.
-    Each pending shard is one task of :func:`crawl_shard`; the fetch limits hold per
-    machine, split evenly over the ``config.processes`` that crawl on one machine at once."""
+    The pending shards are dealt into one :func:`crawl_lane` task per process; the fetch
+    limits hold per machine, split evenly over the ``config.processes`` that crawl on one
+    machine at once."""
     started = time.perf_counter()
     Fetcher(config.fetch)  # refuses a bad network or a missing blocklist here, not in a worker
     plan = plan_crawl(inputs, config.url_column)
@@ -99,8 +100,9 @@ def run_crawl(
     todo = sum(len(shards[i]) for i in pending)
     processes = min(local_processes(config.processes), max(len(pending), 1))
     task_config = _split_limits(config, processes)
-    tasks = [(i, shards[i], task_config, str(output.root), sources[i]) for i in pending]
-    runner(ShardTasks(crawl_shard, tasks, "crawl", todo, "url", processes=processes), progress)
+    lanes = [[(i, shards[i], sources[i]) for i in pending[k::processes]] for k in range(processes)]
+    tasks = [(lane, task_config, str(output.root)) for lane in lanes if lane]
+    runner(ShardTasks(crawl_lane, tasks, "crawl", todo, "url", processes=processes), progress)
     all_stats = [output.shard_stats(i) for i in range(len(shards))]
     codes: dict[str, int] = {}
     for s in all_stats:

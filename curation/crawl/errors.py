@@ -21,6 +21,8 @@ class ErrorCode(StrEnum):
     HTTP_5XX = "http_5xx"  # final response 5xx after retries
     HTTP_OTHER = "http_other"  # a final status that is neither 2xx, 4xx nor 5xx
     ROBOTS_DIRECTIVE = "robots_directive"  # X-Robots-Tag forbids use (noai, noimageai, ...)
+    ROBOTS_TXT = "robots_txt"  # the host's robots.txt disallows the path (or is unreachable)
+    HOST_UNAVAILABLE = "host_unavailable"  # the host's circuit breaker is open
     TOO_LARGE = "too_large"  # response body over the byte cap (after decompression)
     UNSUPPORTED_ENCODING = "unsupported_encoding"  # Content-Encoding we do not decode
     NOT_IMAGE = "not_image"  # bytes are not an image format we decode
@@ -60,6 +62,8 @@ NO_IMAGE_HINTS = {
     ErrorCode.BLOCKED_DOMAIN: "the hosts are on fetch.domain_blocklist",
     ErrorCode.ROBOTS_DIRECTIVE: "the sites forbid AI use with X-Robots-Tag "
     "(--ignore-robots-directives overrides it)",
+    ErrorCode.ROBOTS_TXT: "the sites' robots.txt disallow these paths "
+    "(--ignore-robots-txt overrides it)",
     ErrorCode.DNS: "no host name resolved: is this machine online?",
     ErrorCode.CONNECT: "no host accepted a connection: is this machine online?",
     ErrorCode.UNSUPPORTED_SCHEME: "only http and https URLs are crawled",

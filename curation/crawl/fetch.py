@@ -1,4 +1,5 @@
-"""Asynchronous, guarded HTTP download of one image URL.
+"""Asynchronous, guarded HTTP download of one image URL (one try), and of a host's
+robots.txt.
 
 Redirects are followed by hand so that every hop passes the scheme, blocklist and
 address checks; bodies are read under a byte cap that also holds for gzip/deflate
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import random
 import time
 import zlib
 from dataclasses import dataclass
@@ -18,9 +18,12 @@ import aiohttp
 from yarl import URL
 
 from curation.crawl.config import FetchConfig
+from curation.crawl.dns_cache import CachingResolver, system_resolver
 from curation.crawl.errors import CrawlError, ErrorCode
 from curation.crawl.guard import AddressPolicy, DomainBlocklist, GuardedResolver
 from curation.crawl.robots import forbidding_directive
+from curation.crawl.robots_txt import MAX_BYTES as MAX_ROBOTS_BYTES
+from curation.crawl.robots_txt import RobotsRules
 from curation.crawl.urls import normalize_url
 
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -34,9 +37,19 @@ class Fetched:
     final_url: str
 
 
-class _Retryable(Exception):
+class RetryableError(CrawlError):
+    """A failure worth another try later: 429, 502-504, a connection reset mid-request.
+    ``retry_after``: what the server asked for (seconds), if it did."""
+
     def __init__(self, error: CrawlError, retry_after: float | None = None) -> None:
-        self.error, self.retry_after = error, retry_after
+        super().__init__(error.code, error.message, error.http_status)
+        self.retry_after = retry_after
+
+    def final(self) -> CrawlError:
+        return CrawlError(self.code, self.message, self.http_status)
+
+
+_RETRIED_STATUSES = {429, 502, 503, 504}
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -54,7 +67,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 class Fetcher:
-    """One HTTP session with global and per-host limits; use as ``async with``."""
+    """One HTTP session (keep-alive, global and per-host connection caps, cached DNS);
+    use as ``async with``. Each call is one try; retrying is the caller's decision."""
 
     def __init__(self, config: FetchConfig) -> None:
         self.config = config
@@ -65,14 +79,16 @@ class Fetcher:
             else DomainBlocklist()
         )
         self._session: aiohttp.ClientSession | None = None
+        self.dns: CachingResolver | None = None
 
     async def __aenter__(self) -> Fetcher:
         c = self.config
+        self.dns = CachingResolver(system_resolver(c), c.dns_cache_s, c.dns_negative_cache_s)
         connector = aiohttp.TCPConnector(
             limit=c.concurrency,
             limit_per_host=c.per_host_concurrency,
-            resolver=GuardedResolver(self.policy),
-            ttl_dns_cache=300,
+            resolver=GuardedResolver(self.policy, self.dns),
+            use_dns_cache=False,  # self.dns is the cache
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -95,36 +111,38 @@ class Fetcher:
         self.blocklist.check(host)
         self.policy.check_literal(host)
 
-    async def fetch(self, url: str) -> Fetched:
-        """Download ``url`` (already normalized); raises :class:`CrawlError` on failure."""
-        c = self.config
-        for attempt in range(c.max_retries + 1):
-            try:
-                async with asyncio.timeout(c.total_timeout_s):
-                    return await self._follow(url)
-            except _Retryable as retry:
-                if attempt == c.max_retries:
-                    raise retry.error from None
-                delay = c.backoff_base_s * 2**attempt * (0.5 + random.random())
-                if retry.retry_after is not None:
-                    if retry.retry_after > c.max_retry_after_s:
-                        raise retry.error from None
-                    delay = max(delay, retry.retry_after)
-                await asyncio.sleep(delay)
-            except TimeoutError as exc:
-                raise CrawlError(
-                    ErrorCode.TIMEOUT, f"no complete response within {c.total_timeout_s}s"
-                ) from exc
-        raise AssertionError("unreachable")
+    async def fetch(self, url: str, deadline: float) -> Fetched:
+        """One try at ``url`` (normalized), redirects followed, done by ``deadline`` (the
+        event loop's clock); raises :class:`CrawlError`, or :class:`RetryableError`."""
+        return await self._until(deadline, self._follow(url, self._read_image))
 
-    async def _follow(self, url: str) -> Fetched:
+    async def robots_rules(self, url: str, deadline: float) -> RobotsRules:
+        """The robots.txt rules of ``url``'s host (scheme and port included); raises
+        :class:`CrawlError` when the host cannot be reached."""
+        robots = str(URL(url, encoded=True).with_path("/robots.txt").with_query(None))
+        try:
+            status, body = await self._until(deadline, self._follow(robots, self._read_robots))
+        except RetryableError as exc:  # a reset: no second try for robots.txt
+            raise exc.final() from None
+        return RobotsRules.from_response(status, body)
+
+    async def _until(self, deadline: float, work):
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await work
+        except TimeoutError as exc:
+            raise CrawlError(
+                ErrorCode.TIMEOUT, f"no complete response within {self.config.total_timeout_s}s"
+            ) from exc
+
+    async def _follow(self, url: str, read):
         seen = {url}
         for _ in range(self.config.max_redirects + 1):
             target = URL(url, encoded=True)  # normalized: parse once, for us and the client
             self.check_url(target)
-            location, fetched = await self._request(target)
-            if fetched is not None:
-                return fetched
+            location, result = await self._request(target, read)
+            if location is None:
+                return result
             url = normalize_url(location, base=url)
             if url in seen:
                 raise CrawlError(ErrorCode.TOO_MANY_REDIRECTS, f"redirect loop back to {url}")
@@ -133,29 +151,42 @@ class Fetcher:
             ErrorCode.TOO_MANY_REDIRECTS, f"more than {self.config.max_redirects} redirects"
         )
 
-    async def _request(self, url: URL) -> tuple[str | None, Fetched | None]:
-        """One request: ``(location, None)`` for a redirect, ``(None, fetched)`` otherwise."""
+    async def _request(self, url: URL, read) -> tuple[str | None, object]:
+        """One request: ``(location, None)`` for a redirect, ``(None, read(response))``
+        otherwise."""
         try:
             async with self._session.get(url, allow_redirects=False) as resp:
-                status = resp.status
-                if status in _REDIRECTS and "Location" in resp.headers:
+                if resp.status in _REDIRECTS and "Location" in resp.headers:
                     return resp.headers["Location"], None
-                self._check_status(resp)
-                self._check_robots(resp)
-                body = await self._read_body(resp)
-                return None, Fetched(body, status, str(url))
-        except (CrawlError, _Retryable, TimeoutError):
+                return None, await read(resp, url)
+        except (CrawlError, TimeoutError):
             raise
         except aiohttp.ClientConnectorDNSError as exc:
             raise CrawlError(ErrorCode.DNS, f"{url.host}: {exc.os_error}") from exc
+        except aiohttp.ClientConnectorError as exc:  # refused, unreachable: the host is down
+            raise CrawlError(ErrorCode.CONNECT, repr(exc)) from exc
         except aiohttp.ServerTimeoutError as exc:
             raise CrawlError(ErrorCode.TIMEOUT, str(exc) or "read timed out") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise _Retryable(CrawlError(ErrorCode.CONNECT, repr(exc))) from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:  # resets
+            raise RetryableError(CrawlError(ErrorCode.CONNECT, repr(exc))) from exc
         except aiohttp.InvalidURL as exc:
             raise CrawlError(ErrorCode.INVALID_URL, str(exc)) from exc
         except aiohttp.ClientResponseError as exc:
             raise CrawlError(ErrorCode.CONNECT, f"malformed response: {exc}") from exc
+
+    async def _read_image(self, resp: aiohttp.ClientResponse, url: URL) -> Fetched:
+        self._check_status(resp)
+        self._check_robots_directive(resp)
+        body = await self._read_body(resp, self.config.max_bytes)
+        return Fetched(body, resp.status, str(url))
+
+    async def _read_robots(self, resp: aiohttp.ClientResponse, url: URL) -> tuple[int, bytes]:
+        if not 200 <= resp.status < 300:
+            return resp.status, b""
+        try:
+            return resp.status, await self._read_body(resp, MAX_ROBOTS_BYTES)
+        except CrawlError:  # over the cap: what was read is enough (the RFC's minimum)
+            return 500, b""
 
     def _check_status(self, resp: aiohttp.ClientResponse) -> None:
         status = resp.status
@@ -170,11 +201,11 @@ class Fetcher:
             f"HTTP {status} {resp.reason or ''}".strip(),
             http_status=status,
         )
-        if status == 429 or status >= 500:
-            raise _Retryable(error, retry_after_seconds(resp.headers.get("Retry-After")))
+        if status in _RETRIED_STATUSES:
+            raise RetryableError(error, retry_after_seconds(resp.headers.get("Retry-After")))
         raise error
 
-    def _check_robots(self, resp: aiohttp.ClientResponse) -> None:
+    def _check_robots_directive(self, resp: aiohttp.ClientResponse) -> None:
         c = self.config
         directive = forbidding_directive(
             resp.headers.getall("X-Robots-Tag", []),
@@ -186,8 +217,7 @@ class Fetcher:
                 ErrorCode.ROBOTS_DIRECTIVE, f"X-Robots-Tag: {directive}", http_status=resp.status
             )
 
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
-        cap = self.config.max_bytes
+    async def _read_body(self, resp: aiohttp.ClientResponse, cap: int) -> bytes:
         if resp.content_length is not None and resp.content_length > cap:
             raise _too_large(cap, resp.status)
         decoder = _decoder(resp.headers.get("Content-Encoding", ""), resp.status)

@@ -1,8 +1,10 @@
-"""Crawling one shard: download, process and commit its URLs in the calling process.
+"""Crawling a lane of shards: download, process and commit their URLs in the calling
+process.
 
-:func:`crawl_shard` is the unit an engine schedules. It downloads on an event loop and
-decodes/resizes on a few threads beside it (Pillow and OpenCV release the GIL), then
-commits the shard; image bytes never cross a process boundary.
+:func:`crawl_lane` is the unit an engine schedules. It downloads on an event loop (a
+:class:`~curation.crawl.frontier.Frontier`) and decodes/resizes on a few threads beside
+it (Pillow and OpenCV release the GIL), committing each shard as its last URL finishes;
+image bytes never cross a process boundary.
 """
 
 from __future__ import annotations
@@ -11,16 +13,25 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from yarl import URL
+
 from curation.crawl.config import CrawlConfig
 from curation.crawl.errors import CrawlError, ErrorCode
-from curation.crawl.fetch import Fetcher
+from curation.crawl.fetch import Fetched, Fetcher
+from curation.crawl.frontier import Frontier, Job
 from curation.crawl.pixel_threads import PixelThreads
-from curation.crawl.process import init_worker, keep_opencv_threads, process_image
+from curation.crawl.process import (
+    ProcessedImage,
+    init_worker,
+    keep_opencv_threads,
+    process_image,
+)
 from curation.crawl.urls import PlannedUrl
 from curation.tasks import ItemCounter
 from manifests.crawl_output import CrawlOutput, ShardStats
@@ -37,72 +48,118 @@ except ImportError:
     from asyncio import run as _run_event_loop
 
 
-class ShardCrawler:
-    """Turns planned URLs into pool rows and stored images."""
+@dataclass(eq=False)
+class _OpenShard:
+    """A shard being crawled: its rows fill in as URLs finish; committed when all have."""
 
-    def __init__(
-        self, config: CrawlConfig, fetcher: Fetcher, pixels: PixelThreads, images: ImageShardWriter
-    ) -> None:
-        self.config = config
-        self.fetcher = fetcher
-        self.pixels = pixels
-        self.images = images
+    index: int
+    planned: list[PlannedUrl]
+    source: str
+    images: ImageShardWriter
+    started: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    remaining: int = 0
 
-    async def crawl_all(
-        self, planned: list[PlannedUrl], shard: int, on_items: ItemCounter | None = None
-    ) -> list[dict[str, Any]]:
-        """The pool rows of ``planned``, in order, crawled ``fetch.concurrency`` at a time by
-        as many coroutines (one task and no semaphore wait per URL)."""
-        rows: list[dict[str, Any]] = [{}] * len(planned)
-        todo = iter(enumerate(planned))
+    def __post_init__(self) -> None:
+        self.rows = [_empty_row(p, self.index) for p in self.planned]
+        self.remaining = len(self.planned)
 
-        async def crawl_next() -> None:
-            for i, p in todo:
-                rows[i] = await self.crawl_url(p, shard)
-                if on_items is not None:
-                    on_items(1, rows[i]["status"] == "ok")
 
-        workers = min(self.config.fetch.concurrency, len(planned))
-        await asyncio.gather(*(crawl_next() for _ in range(workers)))
-        return rows
+class LaneCrawler:
+    """Crawls a lane of shards on one :class:`Frontier`: each shard is committed when its
+    last URL finishes, while the next shards' URLs keep the request slots full, so no
+    shard waits on its slowest URL with the slots idle."""
 
-    async def crawl_url(self, planned: PlannedUrl, shard: int) -> dict[str, Any]:
-        """The pool row of one URL; an ok row's image is already in the shard's tar."""
-        row = _empty_row(planned, shard)
+    def __init__(self, config: CrawlConfig, fetcher: Fetcher, pixels: PixelThreads,
+                 output: CrawlOutput, on_items: ItemCounter | None = None) -> None:  # fmt: skip
+        self.config, self.fetcher, self.pixels, self.output = config, fetcher, pixels, output
+        self.on_items = on_items
+        self.stats: list[ShardStats] = []
+        self.frontier = Frontier(fetcher, config.fetch, self._done)
+
+    async def crawl(self, lane: list[tuple[int, list[PlannedUrl], str]]) -> list[ShardStats]:
+        await self.frontier.run(self._jobs(lane))
+        return self.stats
+
+    def _jobs(self, lane: list[tuple[int, list[PlannedUrl], str]]) -> Iterator[Job]:
+        for index, planned, source in lane:
+            shard = _OpenShard(index, planned, source, self.output.image_writer(index),
+                               time.perf_counter())  # fmt: skip
+            if not planned:
+                self._commit(shard)
+            for i, p in enumerate(planned):
+                if p.error is not None:  # refused when planned: never fetched
+                    _failed(shard.rows[i], p.error.code, p.error.message)
+                    if self._count(shard, i):
+                        self._commit(shard)
+                    continue
+                yield Job((shard, i), p.url, URL(p.url, encoded=True).raw_host or "")
+
+    async def _done(self, job: Job, outcome: Fetched | CrawlError, seconds: float) -> None:
+        shard, i = job.key
+        row = shard.rows[i]
+        row["fetch_s"] = round(seconds, 3)
         try:
-            if planned.error is not None:
-                raise planned.error
-            fetched = await self.fetcher.fetch(planned.url)
-            row["http_status"] = fetched.http_status
-            image = await self.pixels.run(process_image, fetched.body, self.config.process)
+            if isinstance(outcome, CrawlError):
+                raise outcome
+            row["http_status"] = outcome.http_status
+            image = await self.pixels.run(process_image, outcome.body, self.config.process)
         except CrawlError as exc:
-            return _failed(row, exc.code, exc.message, exc.http_status)
+            _failed(row, exc.code, exc.message, exc.http_status)
         except Exception as exc:  # never let one URL end the run
-            log.exception("unexpected error on %s", planned.url)
-            return _failed(row, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        finally:
-            row["fetch_time"] = datetime.now(UTC)
-        row.update(
-            status="ok",
-            bytes=len(image.data),
-            width=image.width,
-            height=image.height,
-            original_width=image.original_width,
-            original_height=image.original_height,
-            sha256=image.sha256,
-            key=planned.id,
+            log.exception("unexpected error on %s", job.url)
+            _failed(row, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        else:
+            _succeeded(row, image)
+            shard.images.add(row["id"], image.data, sample_meta(row))
+        row["fetch_time"] = datetime.now(UTC)
+        if self._count(shard, i):
+            await asyncio.to_thread(self._commit, shard)
+
+    def _count(self, shard: _OpenShard, i: int) -> bool:
+        """Note row ``i`` as finished; True when it was the shard's last."""
+        if self.on_items is not None:
+            self.on_items(1, shard.rows[i]["status"] == "ok")
+        shard.remaining -= 1
+        return shard.remaining == 0
+
+    def _commit(self, shard: _OpenShard) -> None:
+        rows = shard.rows
+        stats = ShardStats(
+            shard=shard.index,
+            rows=len(rows),
+            ok=shard.images.count,
+            error_codes=count_codes(rows),
+            stored_bytes=sum(r["bytes"] for r in rows if r["status"] == "ok"),
+            elapsed_s=round(time.perf_counter() - shard.started, 3),
+            source=shard.source,
         )
-        self.images.add(planned.id, image.data, sample_meta(row))
-        return row
+        self.output.commit(shard.index, shard.images, rows, stats, asdict(self.config))
+        self.stats.append(stats)
+        log.info("shard %05d: %d/%d ok in %.1fs", stats.shard, stats.ok, stats.rows,
+                 stats.elapsed_s)  # fmt: skip
 
 
 def _empty_row(planned: PlannedUrl, shard: int) -> dict[str, Any]:
     row = dict.fromkeys(
-        ("error_code", "error_message", "http_status", "bytes", "original_width")
-        + ("original_height", "width", "height", "sha256", "key", "fetch_time")
+        ("status", "error_code", "error_message", "http_status", "bytes", "original_width")
+        + ("original_height", "width", "height", "sha256", "key", "fetch_time", "fetch_s")
     )
     row.update(id=planned.id, url=planned.url, page_url=planned.page_url, shard=shard)
     return row
+
+
+def _succeeded(row: dict[str, Any], image: ProcessedImage) -> None:
+    row.update(
+        status="ok",
+        bytes=len(image.data),
+        width=image.width,
+        height=image.height,
+        original_width=image.original_width,
+        original_height=image.original_height,
+        sha256=image.sha256,
+        key=row["id"],
+    )
 
 
 def _failed(row: dict[str, Any], code: ErrorCode, message: str, http_status=None) -> dict:
@@ -122,50 +179,27 @@ def count_codes(rows: list[dict[str, Any]]) -> dict[str, int]:
     return dict(Counter(r["error_code"] for r in rows if r["error_code"] is not None))
 
 
-def crawl_shard(
-    index: int,
-    planned: list[PlannedUrl],
+def crawl_lane(
+    lane: list[tuple[int, list[PlannedUrl], str]],
     config: CrawlConfig,
     out_dir: str | Path,
-    source: str,
     on_items: ItemCounter | None = None,
-) -> ShardStats:
-    """Crawl one shard's URLs in this process and commit it to ``out_dir``, its stats
-    recording ``source`` (:func:`~curation.crawl.urls.shard_source`); returns the stats.
+) -> list[ShardStats]:
+    """Crawl a lane of shards, ``(index, planned URLs, source)`` each, in this process and
+    commit each to ``out_dir`` as it completes, its stats recording its ``source``
+    (:func:`~curation.crawl.urls.shard_source`); returns their stats.
     ``on_items(1, ok)`` is called as each URL finishes."""
-    with keep_opencv_threads():  # the process may do other work after this shard
-        stats = _run_event_loop(_crawl_shard(index, planned, config, CrawlOutput(out_dir),
-                                             source, on_items))  # fmt: skip
-    log.info("shard %05d: %d/%d ok in %.1fs", stats.shard, stats.ok, stats.rows, stats.elapsed_s)
-    return stats
+    with keep_opencv_threads():  # the process may do other work after this lane
+        return _run_event_loop(_crawl_lane(lane, config, CrawlOutput(out_dir), on_items))
 
 
-async def _crawl_shard(
-    index: int,
-    planned: list[PlannedUrl],
+async def _crawl_lane(
+    lane: list[tuple[int, list[PlannedUrl], str]],
     config: CrawlConfig,
     output: CrawlOutput,
-    source: str,
     on_items: ItemCounter | None,
-) -> ShardStats:
-    start = time.perf_counter()
+) -> list[ShardStats]:
     init_worker()
-    with (
-        PixelThreads(config.threads_per_process) as pixels,
-        output.image_writer(index) as images,
-    ):
+    with PixelThreads(config.threads_per_process) as pixels:
         async with Fetcher(config.fetch) as fetcher:
-            rows = await ShardCrawler(config, fetcher, pixels, images).crawl_all(
-                planned, index, on_items
-            )
-        stats = ShardStats(
-            shard=index,
-            rows=len(rows),
-            ok=images.count,
-            error_codes=count_codes(rows),
-            stored_bytes=sum(r["bytes"] for r in rows if r["status"] == "ok"),
-            elapsed_s=round(time.perf_counter() - start, 3),
-            source=source,
-        )
-        output.commit(index, images, rows, stats, asdict(config))
-    return stats
+            return await LaneCrawler(config, fetcher, pixels, output, on_items).crawl(lane)

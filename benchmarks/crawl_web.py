@@ -286,20 +286,18 @@ def scenario_runs(args: argparse.Namespace, scenario: str) -> dict:
         return measure(run_img2dataset, workload, urls, work / name, args, scenario,
                        threads, timeout, retries)  # fmt: skip
 
-    defaults = i2d(256, 10, 0)
-    grid = [defaults]
-    if args.grid:
-        grid += [i2d(t, 10, 0) for t in (128, 512, 1024)]
-        best = max(grid, key=lambda r: r["successes_per_s"])["settings"]["thread_count"]
-        grid += [i2d(best, 5, 0), i2d(best, 10, 1)]
+    if args.img2dataset_configs:  # given settings only, e.g. another scenario's best
+        grid = [i2d(*map(int, c.split(":"))) for c in args.img2dataset_configs]
+    else:
+        grid = [i2d(256, 10, 0)]  # its defaults
+        if args.grid:
+            grid += [i2d(t, 10, 0) for t in (128, 512, 1024)]
+            best = max(grid, key=lambda r: r["successes_per_s"])["settings"]["thread_count"]
+            grid += [i2d(best, 5, 0), i2d(best, 10, 1)]
     best = max(grid, key=lambda r: r["successes_per_s"])
     result.update(
-        img2dataset_defaults=defaults,
-        img2dataset_best=best,
-        img2dataset_grid=[
-            {**r["settings"], "successes_per_s": r["successes_per_s"], "recall": r["recall"]}
-            for r in grid
-        ],  # fmt: skip
+        img2dataset_runs=grid,
+        img2dataset_best=best["settings"],
         ratio_successes_per_s=round(ours["successes_per_s"] / best["successes_per_s"], 2),
         recall_points_over_best=round(100 * (ours["recall"] - best["recall"]), 2),
     )
@@ -325,6 +323,8 @@ def main() -> None:
                    help="a python with img2dataset (default: a venv under --workdir)")  # fmt: skip
     p.add_argument("--no-grid", dest="grid", action="store_false",
                    help="img2dataset's defaults only")  # fmt: skip
+    p.add_argument("--img2dataset-configs", nargs="*", default=[], metavar="T:TIMEOUT:R",
+                   help="run img2dataset with these threads:timeout:retries only")  # fmt: skip
     p.add_argument("--skip-img2dataset", action="store_true")
     p.add_argument("--in-namespace", action="store_true", help=argparse.SUPPRESS)
     args = parse_with_quick(p, {"urls": 300, "hosts": 120, "scenario": ["network"],

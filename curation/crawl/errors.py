@@ -37,14 +37,18 @@ class ErrorCode(StrEnum):
 class CrawlError(Exception):
     """A failure that becomes a pool row's error code and message."""
 
-    def __init__(self, code: ErrorCode, message: str, http_status: int | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, http_status: int | None = None,
+                 host_failure: bool = False) -> None:  # fmt: skip
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
         self.http_status = http_status
+        # the host never answered (no name, no connection, reset or silence before any
+        # response): what a circuit breaker counts, unlike a bad URL on a live host
+        self.host_failure = host_failure
 
     def __reduce__(self):  # cross process boundaries intact
-        return (CrawlError, (self.code, self.message, self.http_status))
+        return (CrawlError, (self.code, self.message, self.http_status, self.host_failure))
 
 
 class InputError(ValueError):

@@ -42,11 +42,11 @@ class RetryableError(CrawlError):
     ``retry_after``: what the server asked for (seconds), if it did."""
 
     def __init__(self, error: CrawlError, retry_after: float | None = None) -> None:
-        super().__init__(error.code, error.message, error.http_status)
+        super().__init__(error.code, error.message, error.http_status, error.host_failure)
         self.retry_after = retry_after
 
     def final(self) -> CrawlError:
-        return CrawlError(self.code, self.message, self.http_status)
+        return CrawlError(self.code, self.message, self.http_status, self.host_failure)
 
 
 _RETRIED_STATUSES = {429, 502, 503, 504}
@@ -84,10 +84,11 @@ class Fetcher:
     async def __aenter__(self) -> Fetcher:
         c = self.config
         self.dns = CachingResolver(system_resolver(c), c.dns_cache_s, c.dns_negative_cache_s)
+        self._resolver = GuardedResolver(self.policy, self.dns)
         connector = aiohttp.TCPConnector(
             limit=c.concurrency,
             limit_per_host=c.per_host_concurrency,
-            resolver=GuardedResolver(self.policy, self.dns),
+            resolver=self._resolver,
             use_dns_cache=False,  # self.dns is the cache
         )
         self._session = aiohttp.ClientSession(
@@ -104,6 +105,7 @@ class Fetcher:
 
     async def __aexit__(self, *exc) -> None:
         await self._session.close()
+        await self._resolver.close()  # the connector closes only a resolver it made
 
     def check_url(self, url: URL) -> None:
         """Refuse a URL before any connection: blocklisted host or a non-public IP literal."""
@@ -114,33 +116,39 @@ class Fetcher:
     async def fetch(self, url: str, deadline: float) -> Fetched:
         """One try at ``url`` (normalized), redirects followed, done by ``deadline`` (the
         event loop's clock); raises :class:`CrawlError`, or :class:`RetryableError`."""
-        return await self._until(deadline, self._follow(url, self._read_image))
+        answered = _Answered()
+        return await self._until(deadline, self._follow(url, self._read_image, answered), answered)
 
     async def robots_rules(self, url: str, deadline: float) -> RobotsRules:
         """The robots.txt rules of ``url``'s host (scheme and port included); raises
         :class:`CrawlError` when the host cannot be reached."""
         robots = str(URL(url, encoded=True).with_path("/robots.txt").with_query(None))
+        answered = _Answered()
         try:
-            status, body = await self._until(deadline, self._follow(robots, self._read_robots))
+            status, body = await self._until(
+                deadline, self._follow(robots, self._read_robots, answered), answered
+            )
         except RetryableError as exc:  # a reset: no second try for robots.txt
             raise exc.final() from None
         return RobotsRules.from_response(status, body)
 
-    async def _until(self, deadline: float, work):
+    async def _until(self, deadline: float, work, answered: _Answered):
         try:
             async with asyncio.timeout_at(deadline):
                 return await work
         except TimeoutError as exc:
             raise CrawlError(
-                ErrorCode.TIMEOUT, f"no complete response within {self.config.total_timeout_s}s"
+                ErrorCode.TIMEOUT,
+                f"no complete response within {self.config.total_timeout_s}s",
+                host_failure=not answered.yes,
             ) from exc
 
-    async def _follow(self, url: str, read):
+    async def _follow(self, url: str, read, answered: _Answered):
         seen = {url}
         for _ in range(self.config.max_redirects + 1):
             target = URL(url, encoded=True)  # normalized: parse once, for us and the client
             self.check_url(target)
-            location, result = await self._request(target, read)
+            location, result = await self._request(target, read, answered)
             if location is None:
                 return result
             url = normalize_url(location, base=url)
@@ -151,24 +159,28 @@ class Fetcher:
             ErrorCode.TOO_MANY_REDIRECTS, f"more than {self.config.max_redirects} redirects"
         )
 
-    async def _request(self, url: URL, read) -> tuple[str | None, object]:
+    async def _request(self, url: URL, read, answered: _Answered) -> tuple[str | None, object]:
         """One request: ``(location, None)`` for a redirect, ``(None, read(response))``
         otherwise."""
         try:
             async with self._session.get(url, allow_redirects=False) as resp:
+                answered.yes = True
                 if resp.status in _REDIRECTS and "Location" in resp.headers:
                     return resp.headers["Location"], None
                 return None, await read(resp, url)
         except (CrawlError, TimeoutError):
             raise
         except aiohttp.ClientConnectorDNSError as exc:
-            raise CrawlError(ErrorCode.DNS, f"{url.host}: {exc.os_error}") from exc
+            message = f"{url.host}: {exc.os_error}"
+            raise CrawlError(ErrorCode.DNS, message, host_failure=True) from exc
         except aiohttp.ClientConnectorError as exc:  # refused, unreachable: the host is down
-            raise CrawlError(ErrorCode.CONNECT, repr(exc)) from exc
+            raise CrawlError(ErrorCode.CONNECT, repr(exc), host_failure=True) from exc
         except aiohttp.ServerTimeoutError as exc:
-            raise CrawlError(ErrorCode.TIMEOUT, str(exc) or "read timed out") from exc
+            raise CrawlError(ErrorCode.TIMEOUT, str(exc) or "read timed out",
+                             host_failure=not answered.yes) from exc  # fmt: skip
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:  # resets
-            raise RetryableError(CrawlError(ErrorCode.CONNECT, repr(exc))) from exc
+            error = CrawlError(ErrorCode.CONNECT, repr(exc), host_failure=not answered.yes)
+            raise RetryableError(error) from exc
         except aiohttp.InvalidURL as exc:
             raise CrawlError(ErrorCode.INVALID_URL, str(exc)) from exc
         except aiohttp.ClientResponseError as exc:
@@ -231,6 +243,12 @@ class Fetcher:
                 raise _too_large(cap, resp.status)
             parts.append(data)
         return b"".join(parts)
+
+
+class _Answered:
+    """Whether any response (headers) came back during one try."""
+
+    yes = False
 
 
 def _too_large(cap: int, status: int) -> CrawlError:

@@ -2,8 +2,10 @@
 
 A crawl of the web waits far more than it computes, so thousands of requests are in
 flight at once (``fetch.concurrency``) while the decoding runs on a few threads. The
-frontier keeps one queue per host and starts requests round-robin across the hosts that
-may take one, so a popular host never holds the others up:
+frontier keeps one queue per host and starts the oldest job of any host that may take
+one (a retry keeps its age): a busy host gets its share in list order, held to its cap,
+instead of one turn per round of the thousands of small hosts (it would then be the
+last to finish, and set how long a crawl lasts), and no host waits behind the busy ones:
 
 - a host takes one request until its robots.txt is known (that request fetches it,
   which also finds a dead host with one try), then up to ``per_host_concurrency``; each
@@ -11,13 +13,16 @@ may take one, so a popular host never holds the others up:
   adds one back;
 - a retry (429, 502-504, a reset) waits outside any slot, with jitter, and only if it can
   start before the URL's deadline, which runs from its first try;
-- connection failures and timeouts in a row open the host's circuit breaker: its queued
-  URLs fail at once until, after a cooldown, one probe may try again.
+- failures of the host itself in a row (no name, no connection, no response) open its
+  circuit breaker: its queued URLs fail at once until, after a cooldown, one probe may
+  try again. A bad URL on a live host (a truncated body, a trickle) does not count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,9 +34,6 @@ from curation.crawl.errors import CrawlError, ErrorCode
 from curation.crawl.fetch import Fetched, Fetcher, RetryableError
 from curation.crawl.robots_txt import RobotsRules
 
-# failures that say the host itself is unreachable, not that one URL is bad
-HOST_FAILURES = {ErrorCode.DNS, ErrorCode.CONNECT, ErrorCode.TIMEOUT}
-
 
 @dataclass(eq=False)
 class Job:
@@ -40,6 +42,7 @@ class Job:
     key: Any
     url: str
     host: str
+    seq: int = 0  # its place in the order jobs were taken in
     tries: int = 0
     started: float | None = None  # the event loop's clock at the first try
     deadline: float = 0.0
@@ -79,7 +82,9 @@ class Frontier:
         # jobs past their request and not finished (bodies waiting to be decoded)
         self.max_finishing = max_finishing or max(config.concurrency // 4, 64)
         self._hosts: dict[str, _Host] = {}
-        self._ready: deque[_Host] = deque()
+        # hosts that may have a job to start, by the age of their first job
+        self._ready: list[tuple[int, int, _Host]] = []
+        self._order = itertools.count()
         self._in_flight = self._finishing = self._unfinished = 0
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -97,6 +102,7 @@ class Frontier:
                     more = False
                     break
                 self._unfinished += 1
+                job.seq = next(self._order)
                 self._enqueue(job)
             if not more and not self._unfinished:
                 return
@@ -123,7 +129,7 @@ class Frontier:
     def _mark_ready(self, host: _Host) -> None:
         if not host.ready and host.queue:
             host.ready = True
-            self._ready.append(host)
+            heapq.heappush(self._ready, (host.queue[0].seq, next(self._order), host))
         self._wake.set()
 
     def _dispatch(self) -> None:
@@ -131,7 +137,7 @@ class Frontier:
         while self._ready and self._in_flight < self.config.concurrency:
             if self._finishing >= self.max_finishing:
                 return  # decoding is behind: fetch no more until it catches up
-            host = self._ready.popleft()
+            host = heapq.heappop(self._ready)[2]
             host.ready = False
             if not host.queue:
                 continue
@@ -142,20 +148,22 @@ class Frontier:
                 self._loop.call_at(host.not_before, self._mark_ready, host)
                 continue
             if host.active >= host.limit:
-                continue  # back in the ready queue when one of its requests ends
+                continue  # back in line when one of its requests ends
             job = host.queue.popleft()
-            host.active += 1
-            self._in_flight += 1
-            self._spawn(self._fetch(host, job))
-            if host.queue and host.active < host.limit:
-                host.ready = True
-                self._ready.append(host)  # behind the other hosts: round-robin
+            if job.started is not None and job.deadline <= now:  # waited out its deadline
+                error = CrawlError(ErrorCode.TIMEOUT, "deadline passed before its retry")
+                self._spawn(self._finish(job, error, now - job.started))
+            else:
+                host.active += 1
+                self._in_flight += 1
+                self._spawn(self._fetch(host, job))
+            self._mark_ready(host)
 
     def _fail_queued(self, host: _Host) -> None:
         error = host.unreachable or CrawlError(
             ErrorCode.HOST_UNAVAILABLE,
             f"{host.name}: circuit breaker open after {self.config.breaker_failures} "
-            "connection failures or timeouts in a row",
+            "failures in a row to resolve, connect or get a response",
         )
         while host.queue:
             job = host.queue.popleft()
@@ -197,7 +205,8 @@ class Frontier:
             try:
                 host.robots = await self.fetcher.robots_rules(job.url, job.deadline)
             except CrawlError as exc:
-                host.unreachable = CrawlError(exc.code, f"robots.txt: {exc.message}")
+                host.unreachable = CrawlError(exc.code, f"robots.txt: {exc.message}",
+                                              host_failure=exc.host_failure)  # fmt: skip
                 raise host.unreachable from None
             host.limit = self.config.per_host_concurrency
         if host.robots is not None and not host.robots.allows(
@@ -239,7 +248,7 @@ class Frontier:
 
     def _note(self, host: _Host, outcome: Outcome) -> None:
         """Count host failures; open the breaker on too many in a row."""
-        if isinstance(outcome, CrawlError) and outcome.code in HOST_FAILURES:
+        if isinstance(outcome, CrawlError) and outcome.host_failure:
             host.failures += 1
             if host.failures >= self.config.breaker_failures:
                 host.open_until = self._loop.time() + self.config.breaker_cooldown_s

@@ -136,7 +136,8 @@ class GuardedResolver(AbstractResolver):
         try:
             answers = await self._inner.resolve(host, port, family)
         except OSError as exc:
-            raise CrawlError(ErrorCode.DNS, f"{host} did not resolve ({exc})") from exc
+            raise CrawlError(ErrorCode.DNS, f"{host} did not resolve ({exc})",
+                             host_failure=True) from exc  # fmt: skip
         allowed = [a for a in answers if self._policy.permits(ipaddress.ip_address(a["host"]))]
         if not allowed:
             self._policy.check(ipaddress.ip_address(answers[0]["host"]), host)

@@ -79,6 +79,9 @@ class LaneCrawler:
 
     async def crawl(self, lane: list[tuple[int, list[PlannedUrl], str]]) -> list[ShardStats]:
         await self.frontier.run(self._jobs(lane))
+        log.info("lane of %d shards: %d retries, %d circuit breakers opened, %d DNS queries",
+                 len(lane), self.frontier.retries, self.frontier.breaker_trips,
+                 self.fetcher.dns.lookups)  # fmt: skip
         return self.stats
 
     def _jobs(self, lane: list[tuple[int, list[PlannedUrl], str]]) -> Iterator[Job]:

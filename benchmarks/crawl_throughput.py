@@ -6,8 +6,8 @@ in a separate process, then measures on the same images, in the same run:
     measured just before and just after each crawl of ours and averaged;
   - ours: ``python -m pipelines.crawl`` over the URL list, rated over the crawl's own elapsed
     time (stats.json) for the pixel-limit ratio, and over the wall clock, interpreter start-up
-    included, for the img2dataset ratio; also over the workers' time inside shards, which
-    leaves out the fixed costs of planning, starting the workers and committing the shards;
+    included, for the img2dataset ratio (a lane's shards overlap, so their own times do not
+    add up to a worker's);
   - img2dataset: the same URL list, cores and resize settings (wall clock, start-up included),
     installed from PyPI into its own virtual environment under --workdir.
 Prints one JSON object; the ratios (medians of the repeats' paired ratios) are what to
@@ -138,12 +138,8 @@ def run_ours(url_file: Path, out: Path, workers: int, shard_size: int, extra: li
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     stats = json.loads((out / "stats.json").read_text())
-    # the workers' mean time inside shards: the crawl without its fixed start and end
-    # (worker start-up, imports, the final stats), which a long crawl amortizes
-    in_shards_s = sum(s["elapsed_s"] for s in stats["shards"]) / workers
     return {
         "images_per_s": round(stats["ok"] / stats["elapsed_s"], 1),  # the crawl itself
-        "images_per_s_in_shards": round(stats["ok"] / in_shards_s, 1),
         "images_per_s_wall": round(stats["ok"] / wall, 1),  # with interpreter start-up
         "success_rate": round(stats["ok"] / stats["urls"], 4),
         "wall_s": round(wall, 2),
@@ -268,8 +264,6 @@ def main() -> None:
         "pixel_limit": limit, "ours": ours,
         "ratio_ours_to_pixel_limit": _paired_ratios(
             runs["ours"], "images_per_s", runs["pixel_limit"], "images_per_s"),
-        "ratio_in_shards_to_pixel_limit": _paired_ratios(
-            runs["ours"], "images_per_s_in_shards", runs["pixel_limit"], "images_per_s"),
     }  # fmt: skip
     if runs["img2dataset"]:  # both by wall clock, start-up included
         result["img2dataset"] = _median_run(runs["img2dataset"], "images_per_s")

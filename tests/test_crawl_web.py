@@ -4,6 +4,7 @@ URL it has, with its own DNS server, latencies, 429s and failures, against groun
 from __future__ import annotations
 
 import socket
+from collections import defaultdict
 from dataclasses import replace
 
 import pytest
@@ -110,8 +111,25 @@ def test_the_crawl_is_polite_and_asks_dns_once(crawled):
     assert all(r["fetch_s"] <= config.fetch.total_timeout_s + 0.5 for r in rows.values())
 
 
-def test_without_robots_txt_the_disallowed_paths_are_fetched(tmp_path):
+def test_a_shard_does_not_wait_for_its_slowest_url(crawled):
+    _, _, _, rows = crawled
+    done: defaultdict[int, list] = defaultdict(list)
+    for r in rows.values():
+        done[r["shard"]].append(r["fetch_time"])
+    # one process crawled the three shards on one frontier: the next shard's URLs were
+    # finishing while the previous shard waited on its slowest ones
+    assert min(done[1]) < max(done[0]) and min(done[2]) < max(done[1])
+
+
+def test_without_robots_txt_dead_hosts_meet_the_breaker_and_nxdomain_is_kept(tmp_path):
     workload, stats, _, rows = _crawl(tmp_path, robots_txt=False)
     disallowed = [u.url for u in workload.urls if workload.kind_of(u) == "robots_disallowed"]
     assert disallowed and all(rows[url]["status"] == "ok" for url in disallowed)
     assert stats.robots_txt_requests == 0
+    # no robots.txt request to find a dead host first: its URLs meet the circuit breaker
+    reset = [u.url for u in workload.urls if workload.kind_of(u) == "reset"]
+    assert "host_unavailable" in {rows[url]["error_code"] for url in reset}
+    # a name that does not exist is asked once per record type, whatever its URL count
+    missing = {h.name for h in workload.hosts if h.kind == "nxdomain"}
+    asked = [n for (name, _), n in stats.dns_queries.items() if name in missing]
+    assert asked and max(asked) == 1

@@ -31,8 +31,9 @@ class FetchConfig:
     max_retries: int = bounded(2, at_least=0)  # on 429, 5xx and connection resets only
     backoff_base_s: float = 0.5  # delay before retry n is base * 2**n, jittered
     max_retry_after_s: float = 30.0  # a longer Retry-After is not waited for
-    # this many connection failures or timeouts in a row open a host's circuit breaker:
-    # its URLs fail at once (host_unavailable) until one probe may try again
+    # this many failures of the host itself in a row (no name, no connection, no response)
+    # open its circuit breaker: its URLs fail at once (host_unavailable) until, after the
+    # cooldown, one probe may try again
     breaker_failures: int = bounded(3, at_least=1)
     breaker_cooldown_s: float = bounded(60.0, at_least=0)
     robots_txt: bool = True  # fetch each host's robots.txt once and honour it (RFC 9309)

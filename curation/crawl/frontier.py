@@ -54,7 +54,7 @@ OnDone = Callable[[Job, Outcome, float], Awaitable[None]]  # job, outcome, secon
 
 class _Host:
     __slots__ = ("name", "queue", "active", "limit", "not_before", "throttled", "failures",
-                 "open_until", "robots", "unreachable", "ready")  # fmt: skip
+                 "open_until", "robots", "unreachable", "ready", "key")  # fmt: skip
 
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
@@ -68,6 +68,7 @@ class _Host:
         self.robots: RobotsRules | None = None
         self.unreachable: CrawlError | None = None  # its robots.txt could not be fetched
         self.ready = False  # in the frontier's ready queue
+        self.key = 0  # under which: the age of its first job then
 
 
 class Frontier:
@@ -127,9 +128,13 @@ class Frontier:
         self._mark_ready(host)
 
     def _mark_ready(self, host: _Host) -> None:
-        if not host.ready and host.queue:
-            host.ready = True
-            heapq.heappush(self._ready, (host.queue[0].seq, next(self._order), host))
+        """Put ``host`` in line by the age of its first job; again, ahead, if a retry
+        (older) went to the front of its queue since (the old place is then skipped)."""
+        if host.queue:
+            key = host.queue[0].seq
+            if not host.ready or key < host.key:
+                host.ready, host.key = True, key
+                heapq.heappush(self._ready, (key, next(self._order), host))
         self._wake.set()
 
     def _dispatch(self) -> None:
@@ -137,7 +142,9 @@ class Frontier:
         while self._ready and self._in_flight < self.config.concurrency:
             if self._finishing >= self.max_finishing:
                 return  # decoding is behind: fetch no more until it catches up
-            host = heapq.heappop(self._ready)[2]
+            key, _, host = heapq.heappop(self._ready)
+            if not host.ready or key != host.key:
+                continue  # a place it no longer holds
             host.ready = False
             if not host.queue:
                 continue

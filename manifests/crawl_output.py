@@ -1,7 +1,7 @@
 """The layout of a crawl directory, and committing one crawled shard into it.
 
 ``shards/NNNNN.tar`` (images), ``stats/NNNNN.json`` (per-shard stats) and
-``manifest/pool/NNNNN.parquet`` (one pool row per URL, schema ``pool/1``). A pool row of an
+``manifest/pool/NNNNN.parquet`` (one pool row per URL, schema ``pool/2``). A pool row of an
 image names its ``shard`` and ``key``; :meth:`CrawlOutput.of_pool_file` finds the shard's
 tar from the pool file that lists it. Images stream into the shard's tar (under a
 temporary name) as they are ready, so a shard never holds all its images in memory; the
@@ -97,7 +97,7 @@ class CrawlOutput:
         stats: ShardStats,
         config: dict[str, Any],
     ) -> None:
-        """Commit shard ``index``: its tar, then its stats, then its pool rows (schema pool/1)."""
+        """Commit shard ``index``: its tar, then its stats, then its pool rows (schema pool/2)."""
         images.close()
         write_bytes_atomic(self.stats_path(index), json.dumps(stats.to_json(), indent=1).encode())
         table = pa.Table.from_pylist(rows, schema=POOL.arrow)

@@ -42,7 +42,7 @@ class ManifestSchema:
 
 POOL = ManifestSchema(
     name="pool",
-    version=1,
+    version=2,  # 2: fetch_s
     arrow=pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),

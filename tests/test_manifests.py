@@ -41,7 +41,7 @@ def test_shards_commit_atomically_and_list_for_resume(tmp_path):
     table = store.read()
     assert table.num_rows == 5 and table.column("width").to_pylist() == [10, 11, 12, 10, 11]
     meta = pq.read_schema(store.path(0)).metadata
-    assert meta[SCHEMA_KEY] == b"pool/1" and json.loads(meta[CONFIG_KEY]) == {"seed": 1}
+    assert meta[SCHEMA_KEY] == b"pool/2" and json.loads(meta[CONFIG_KEY]) == {"seed": 1}
 
 
 def test_writes_store_the_schema_types_whatever_the_table_holds(tmp_path):
@@ -79,7 +79,7 @@ def test_validation_names_the_file_and_column(tmp_path):
 def test_a_file_of_another_schema_version_is_refused(tmp_path):
     table = _pool_rows(1).replace_schema_metadata({SCHEMA_KEY: b"pool/0"})
     pq.write_table(table, tmp_path / "00000.parquet")
-    with pytest.raises(SchemaMismatchError, match="expected pool/1, found pool/0"):
+    with pytest.raises(SchemaMismatchError, match="expected pool/2, found pool/0"):
         read_manifest([tmp_path], POOL)
 
 

@@ -57,8 +57,8 @@ class _OpenShard:
     source: str
     images: ImageShardWriter
     started: float
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    remaining: int = 0
+    rows: list[dict[str, Any]] = field(init=False)
+    remaining: int = field(init=False)  # URLs not finished yet
 
     def __post_init__(self) -> None:
         self.rows = [_empty_row(p, self.index) for p in self.planned]

@@ -192,19 +192,18 @@ class Frontier:
         if job.started is None:
             job.started, job.deadline = now, now + self.config.total_timeout_s
         job.tries += 1
-        outcome: Outcome | None = None
         try:
-            outcome = await self._try(host, job)
-        except RetryableError as exc:
-            outcome = self._retry_later(host, job, exc)
+            outcome: Outcome | None = await self._try(host, job)
         except CrawlError as exc:
             outcome = exc
         finally:
             host.active -= 1
             self._in_flight -= 1
-            self._mark_ready(host)
+        self._note(host, outcome)  # every try counts: three resets open the breaker
+        if isinstance(outcome, RetryableError):
+            outcome = self._retry_later(host, job, outcome)
+        self._mark_ready(host)
         if outcome is not None:
-            self._note(host, outcome)
             await self._finish(job, outcome, self._loop.time() - job.started)
 
     async def _try(self, host: _Host, job: Job) -> Fetched:
@@ -254,7 +253,7 @@ class Frontier:
         return None
 
     def _note(self, host: _Host, outcome: Outcome) -> None:
-        """Count host failures; open the breaker on too many in a row."""
+        """Count the host's failures (of any try); open the breaker on too many in a row."""
         if isinstance(outcome, CrawlError) and outcome.host_failure:
             host.failures += 1
             if host.failures >= self.config.breaker_failures:

@@ -21,14 +21,16 @@ class FetchConfig:
     # this is in the thousands, apart from the decode threads (threads_per_process)
     concurrency: int = bounded(1024, at_least=1)
     # connections to one host at once (split over processes); a host starts at one, the
-    # robots.txt request, and is halved on each 429
+    # robots.txt request, and is halved when it starts answering 429
     per_host_concurrency: int = bounded(8, at_least=1)
     connect_timeout_s: float = bounded(5.0, above=0)
     read_timeout_s: float = bounded(10.0, above=0)  # longest silence between two reads
     # one deadline per URL, from its first try: DNS, connect, first byte, body, redirects,
     # retries and their waits (a retry that cannot start before it is not made)
     total_timeout_s: float = bounded(30.0, above=0)
-    max_retries: int = bounded(2, at_least=0)  # on 429, 5xx and connection resets only
+    # tries after the first, on 502-504 and connection resets (a 429 spends none: it slows
+    # the host, the deadline bounds it)
+    max_retries: int = bounded(2, at_least=0)
     backoff_base_s: float = 0.5  # delay before retry n is base * 2**n, jittered
     max_retry_after_s: float = 30.0  # a longer Retry-After is not waited for
     # this many failures of the host itself in a row (no name, no connection, no response)

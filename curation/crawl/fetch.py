@@ -197,7 +197,7 @@ class Fetcher:
             return resp.status, b""
         try:
             return resp.status, await self._read_body(resp, MAX_ROBOTS_BYTES)
-        except CrawlError:  # over the cap: what was read is enough (the RFC's minimum)
+        except CrawlError:  # over the cap: not read, taken as a server error (disallow all)
             return 500, b""
 
     def _check_status(self, resp: aiohttp.ClientResponse) -> None:

@@ -159,7 +159,7 @@ class Frontier:
             job = host.queue.popleft()
             if job.started is not None and job.deadline <= now:  # waited out its deadline
                 error = CrawlError(ErrorCode.TIMEOUT, "deadline passed before its retry")
-                self._spawn(self._finish(job, error, now - job.started))
+                self._spawn(self._finish(job, error))
             else:
                 host.active += 1
                 self._in_flight += 1
@@ -174,7 +174,7 @@ class Frontier:
         )
         while host.queue:
             job = host.queue.popleft()
-            self._spawn(self._finish(job, error, 0.0))
+            self._spawn(self._finish(job, error))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -204,7 +204,7 @@ class Frontier:
             outcome = self._retry_later(host, job, outcome)
         self._mark_ready(host)
         if outcome is not None:
-            await self._finish(job, outcome, self._loop.time() - job.started)
+            await self._finish(job, outcome)
 
     async def _try(self, host: _Host, job: Job) -> Fetched:
         if host.robots is None and self.config.robots_txt:
@@ -266,7 +266,8 @@ class Frontier:
             host.limit = min(self.config.per_host_concurrency, host.limit + 1)
             host.throttled = 0
 
-    async def _finish(self, job: Job, outcome: Outcome, seconds: float) -> None:
+    async def _finish(self, job: Job, outcome: Outcome) -> None:
+        seconds = self._loop.time() - job.started if job.started is not None else 0.0
         self._finishing += 1
         try:
             await self.on_done(job, outcome, seconds)

@@ -156,18 +156,27 @@ def ensure_img2dataset(venv: Path) -> Path:
     return exe
 
 
+# img2dataset resizing as our crawl does: the long side to MAX_SIDE, never up, JPEG 95
+IMG2DATASET_RESIZE = ["--image_size", str(MAX_SIDE), "--resize_mode", "keep_ratio_largest",
+                      "--resize_only_if_bigger", "True", "--encode_quality", "95"]  # fmt: skip
+
+
+def img2dataset_flags(
+    url_file: Path, out: Path, processes: int, threads: int, shard_size: int
+) -> list[str]:
+    """img2dataset's flags for a txt URL list in and WebDataset shards out, on this machine
+    (no wandb, its multiprocessing distributor)."""
+    return ["--url_list", str(url_file), "--input_format", "txt", "--output_folder", str(out),
+            "--output_format", "webdataset", "--processes_count", str(processes),
+            "--thread_count", str(threads), "--number_sample_per_shard", str(shard_size),
+            "--enable_wandb", "False", "--distributor", "multiprocessing"]  # fmt: skip
+
+
 def run_img2dataset(
     exe: Path, url_file: Path, out: Path, workers: int, threads: int, shard_size: int
 ) -> dict:
-    cmd = [
-        str(exe), "--url_list", str(url_file), "--input_format", "txt",
-        "--output_folder", str(out), "--output_format", "webdataset",
-        "--processes_count", str(workers), "--thread_count", str(threads),
-        "--image_size", str(MAX_SIDE), "--resize_mode", "keep_ratio_largest",
-        "--resize_only_if_bigger", "True", "--encode_quality", "95",
-        "--number_sample_per_shard", str(shard_size), "--retries", "0", "--enable_wandb", "False",
-        "--distributor", "multiprocessing",
-    ]  # fmt: skip
+    flags = img2dataset_flags(url_file, out, workers, threads, shard_size)
+    cmd = [str(exe), *flags, *IMG2DATASET_RESIZE, "--retries", "0"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start

@@ -48,6 +48,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from crawl_throughput import IMG2DATASET_RESIZE, MAX_SIDE, ensure_img2dataset, img2dataset_flags
 
 from manifests.config import describe, parse_with_quick
 from manifests.parquet_io import read_manifest
@@ -56,7 +57,6 @@ from pipelines.demo.simulated_web import WebShape, WebStats, Workload, make_work
 
 ROOT = Path(__file__).resolve().parents[1]
 DNS = ("127.0.0.53", 53)
-MAX_SIDE = 512
 SCENARIOS = {"network": (160, 120), "e2e": (1024, 768)}
 
 # img2dataset, timed: each download's URL, start, end and success, one file per process
@@ -200,14 +200,10 @@ def run_img2dataset(urls: Path, out: Path, args: argparse.Namespace, scenario: s
     wrapper.write_text(I2D_WRAPPER)
     resize = ["--resize_mode", "no", "--skip_reencode", "True"]
     if scenario == "e2e":
-        resize = ["--resize_mode", "keep_ratio_largest", "--image_size", str(MAX_SIDE),
-                  "--resize_only_if_bigger", "True", "--encode_quality", "95"]  # fmt: skip
-    cmd = [str(args.img2dataset_python), str(wrapper), "--url_list", str(urls),
-           "--input_format", "txt", "--output_folder", str(out), "--output_format", "webdataset",
-           "--processes_count", str(args.processes), "--thread_count", str(threads),
-           "--timeout", str(timeout), "--retries", str(retries), "--enable_wandb", "False",
-           "--distributor", "multiprocessing", "--number_sample_per_shard",
-           str(args.shard_size), *resize]  # fmt: skip
+        resize = IMG2DATASET_RESIZE
+    flags = img2dataset_flags(urls, out, args.processes, threads, args.shard_size)
+    cmd = [str(args.img2dataset_python), str(wrapper), *flags, *resize,
+           "--timeout", str(timeout), "--retries", str(retries)]  # fmt: skip
     run = run_measured(cmd, env={**os.environ, "I2D_TIMING_DIR": str(timing)})
     outcomes = {}
     for f in timing.glob("*.jsonl"):
@@ -333,8 +329,6 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.in_namespace:
         if not args.skip_img2dataset and args.img2dataset_python is None:
-            from crawl_throughput import ensure_img2dataset  # no network inside the namespace
-
             venv = args.workdir / "venv-img2dataset"
             ensure_img2dataset(venv)
             sys.argv += ["--img2dataset-python", str(venv / "bin" / "python")]

@@ -43,6 +43,7 @@ TRICKLE_BYTES_PER_S = 1024
 TRICKLE_BODY = 64 * 1024  # over a minute at 1 KB/s
 OVERSIZED_BODY = 24 * 1024 * 1024  # over the crawler's 16 MiB cap
 ROBOTS_TXT = b"User-agent: *\nDisallow: /private/\n"
+_NOT_FOUND = (404, {"Content-Type": "text/html"}, b"<h1>404</h1>")
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def make_workload(shape: WebShape, port: int = 80) -> Workload:
     rng = random.Random(shape.seed)
 
     def lognormal(median: float) -> float:
-        return median * math.exp(rng.gauss(0, shape.latency_sigma))
+        return _lognormal(rng, median, shape.latency_sigma)
 
     hosts = []
     for i in range(shape.hosts):
@@ -167,6 +168,10 @@ def _url(rng: random.Random, shape: WebShape, hosts: list[SimHost], h: int, n: i
     path = f"/{folder}/{n}.jpg" if kind != "redirect" else f"/r/{n}"
     image = rng.randrange(shape.distinct_images)
     return SimUrl(f"http://{host.name}{suffix}{path}", h, path, kind, image)
+
+
+def _lognormal(rng: random.Random, median: float, sigma: float) -> float:
+    return median * math.exp(rng.gauss(0, sigma))
 
 
 def _draw(rng: random.Random, fractions: dict[str, float], otherwise: str) -> str:
@@ -217,7 +222,7 @@ class _Server:
         self.truncated = {k for k, u in self.routes.items() if u.kind == "truncated"}
 
     def lognormal(self, median: float) -> float:
-        return median * math.exp(self.rng.gauss(0, self.shape.latency_sigma))
+        return _lognormal(self.rng, median, self.shape.latency_sigma)
 
     # DNS ------------------------------------------------------------------------------
     def dns_answer(self, data: bytes) -> tuple[bytes | None, float]:
@@ -248,7 +253,7 @@ class _Server:
             self.stats.robots_txt_requests += 1
             if host.disallows_private:
                 return 200, {"Content-Type": "text/plain"}, ROBOTS_TXT, host.bandwidth
-            return 404, {"Content-Type": "text/html"}, b"<h1>404</h1>", host.bandwidth
+            return (*_NOT_FOUND, host.bandwidth)
         if host.cdn and not self._take_token(host):
             headers = {"Content-Type": "text/html"}
             if host.retry_after:
@@ -259,7 +264,7 @@ class _Server:
             if path.startswith("/img/"):  # a redirect's target
                 image = int(path[5:].split("-", 1)[0])
                 return 200, {"Content-Type": "image/jpeg"}, self.images[image], host.bandwidth
-            return 404, {"Content-Type": "text/html"}, b"<h1>404</h1>", host.bandwidth
+            return (*_NOT_FOUND, host.bandwidth)
         return self._url_response(host, u)
 
     def _url_response(self, host: SimHost, u: SimUrl) -> tuple[int, dict, bytes, float]:
@@ -268,7 +273,7 @@ class _Server:
         self.attempts[u.url] += 1
         match u.kind:
             case "not_found":
-                return 404, {"Content-Type": "text/html"}, b"<h1>404</h1>", host.bandwidth
+                return (*_NOT_FOUND, host.bandwidth)
             case "flaky" if self.attempts[u.url] == 1:
                 return 503, {"Content-Type": "text/html"}, b"<h1>busy</h1>", host.bandwidth
             case "html":
